@@ -1,0 +1,40 @@
+"""Package metadata for stts_jax: STTS token pruning and the Molmo2 video VLM in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+HF_REQUIRES = [
+    "torch==2.13.0",
+    "transformers>=5.23.0",  # the first releases that ship Molmo2 as a native architecture
+    "safetensors>=0.6.0",
+]
+
+setup(
+    name="stts_jax",
+    version="0.1.0",
+    description="Spatio-Temporal Token Scoring (STTS) and Molmo2 in JAX/Flax, for TPU pods.",
+    packages=find_packages(include=["stts_jax", "stts_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "grain>=0.2.18",
+        "ml_collections>=1.1.0",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8.1",
+        "importlib_resources>=6.0",
+        "chex>=0.1.90",
+        "numpy>=1.26",
+        "safetensors>=0.6.0",
+        "tokenizers>=0.22",
+        "av>=14.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "absl-py>=2.1",
+    ],
+    extras_require={
+        "hf": HF_REQUIRES,
+        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14"],
+    },
+)

@@ -1,0 +1,1 @@
+"""Video-QA data: Molmo2 preprocessing, datasets and the grain pipeline."""

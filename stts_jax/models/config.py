@@ -1,0 +1,417 @@
+"""Molmo2 model configuration: mirrors `transformers`' Molmo2 `config.json`, plus how we run it.
+
+The three sub-configs carry exactly the fields of Hugging Face's `Molmo2VisionConfig`,
+`Molmo2AdapterConfig` and `Molmo2TextConfig` that change the numbers; `Molmo2Config` adds the special
+token ids and the run-time choices that are ours (dtypes, attention kernel, scanning, remat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+ATTENTION_IMPLS = ("xla", "jax", "splash")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ROPE_TYPES = ("default", "linear", "yarn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is impossible; the message names the field and the fix."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP2-style ViT over flattened patches (`Molmo2VisionConfig`)."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 25  # the released weights stop at block 24, the deepest one the adapter reads
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 72
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    image_size: tuple[int, int] = (378, 378)
+    patch_size: int = 14
+    num_channels: int = 3
+    attention_bias: bool = True
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.patch_grid
+        return rows * cols
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * self.num_channels
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Attention pooling over windows of ViT features, then a SwiGLU projector (`Molmo2AdapterConfig`)."""
+
+    vision_feature_layers: tuple[int, ...] = (24, 18)  # HF `vision_feature_layer`; negative counts from the end
+    hidden_size: int = 1152
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 72
+    attention_bias: bool = True
+    hidden_act: str = "silu"
+    intermediate_size: int = 12288
+    text_hidden_size: int = 4096
+    mlp_bias: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Qwen3-style decoder (`Molmo2TextConfig`)."""
+
+    hidden_size: int = 4096
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    vocab_size: int = 151936
+    additional_vocab_size: int = 128
+    attention_bias: bool = False
+    qk_norm_type: str = "qwen3"  # "qwen3": RMSNorm per head; "olmo": over the whole projection
+    num_hidden_layers: int = 36
+    intermediate_size: int = 12288
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 36864
+    rope_theta: float = 1_000_000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = (("rope_type", "default"),)  # HF `rope_parameters` minus theta
+    rope_scaling_layers: tuple[int, ...] | None = None  # layers with the scaled rotary; None = all
+    rms_norm_eps: float = 1e-6
+    norm_after: bool = False
+
+    @property
+    def rope_type(self) -> str:
+        return dict(self.rope_scaling).get("rope_type", "default")
+
+    def layer_uses_scaled_rope(self, layer: int) -> bool:
+        return self.rope_scaling_layers is None or layer in self.rope_scaling_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Molmo2Config:
+    """The whole VLM: sub-configs, special tokens, and how to run it."""
+
+    vision: VisionConfig = VisionConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    text: TextConfig = TextConfig()
+    image_start_token_id: int = 151936
+    image_end_token_id: int = 151937
+    image_patch_id: int = 151938
+    image_col_id: int = 151939
+    low_res_image_start_token_id: int = 151940
+    frame_start_token_id: int = 151943
+    frame_end_token_id: int = 151944
+    # Run-time choices, not part of Hugging Face's config.json.
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"  # "xla": explicit masks (reference); "jax": jax.nn.dot_product_attention
+    # (cuDNN on GPU); "splash": Pallas splash attention with segment ids (TPU, or interpret mode on CPU)
+    scan_layers: bool = True  # run the stacked blocks with lax.scan (fast compiles) or unrolled
+    remat_policy: str = "none"  # rematerialise each block in the backward pass: none|full|dots|dots_no_batch
+
+    @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        """Tokens of the bidirectional vision block (`mm_token_type_ids == 1` in transformers)."""
+        return (
+            self.image_patch_id,
+            self.image_col_id,
+            self.image_start_token_id,
+            self.low_res_image_start_token_id,
+            self.frame_start_token_id,
+            self.image_end_token_id,
+            self.frame_end_token_id,
+        )
+
+    @property
+    def vit_feature_depths(self) -> tuple[int, ...]:
+        """For each adapter feature layer, how many ViT blocks have run when it is taken (0 = embeddings).
+
+        Follows transformers: `hidden_states[layer + 1 if layer >= 0 else layer]` over the
+        `num_hidden_layers + 1` hidden states.
+        """
+        n = self.vision.num_hidden_layers
+        return tuple(layer + 1 if layer >= 0 else n + 1 + layer for layer in self.adapter.vision_feature_layers)
+
+    @property
+    def vit_depth(self) -> int:
+        """ViT blocks actually computed: the deepest feature layer; later blocks are never run."""
+        return max(self.vit_feature_depths)
+
+    def replace(self, **changes: Any) -> Molmo2Config:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Molmo2Config:
+        v, a, t = self.vision, self.adapter, self.text
+        for name, sub in (("vision", v), ("adapter", a), ("text", t)):
+            _check(
+                sub.num_attention_heads % sub.num_key_value_heads == 0,
+                f"{name}.num_attention_heads ({sub.num_attention_heads}) must be a multiple of "
+                f"{name}.num_key_value_heads ({sub.num_key_value_heads}).",
+            )
+            _check(sub.head_dim > 0 and sub.hidden_size > 0, f"{name}.head_dim and hidden_size must be positive.")
+        _check(
+            v.image_size[0] % v.patch_size == 0 and v.image_size[1] % v.patch_size == 0,
+            f"vision.image_size {v.image_size} must be a multiple of vision.patch_size {v.patch_size}.",
+        )
+        _check(v.hidden_act == "gelu_pytorch_tanh", f"vision.hidden_act {v.hidden_act!r}: only gelu_pytorch_tanh.")
+        _check(len(a.vision_feature_layers) > 0, "adapter.vision_feature_layers must name at least one layer.")
+        n = v.num_hidden_layers
+        for layer in a.vision_feature_layers:
+            _check(
+                -(n + 1) <= layer < n,
+                f"adapter.vision_feature_layers entry {layer} must index the {n} ViT layers (-{n + 1}..{n - 1}).",
+            )
+        _check(a.hidden_size == v.hidden_size, "adapter.hidden_size must equal vision.hidden_size.")
+        _check(a.hidden_act == "silu" and t.hidden_act == "silu", "adapter/text hidden_act must be 'silu'.")
+        _check(a.text_hidden_size == t.hidden_size, "adapter.text_hidden_size must equal text.hidden_size.")
+        _check(t.qk_norm_type in ("qwen3", "olmo"), f"text.qk_norm_type {t.qk_norm_type!r}: use qwen3 or olmo.")
+        _check(t.rope_type in ROPE_TYPES, f"text.rope_scaling rope_type {t.rope_type!r}: supported {ROPE_TYPES}.")
+        if t.rope_scaling_layers is not None:
+            bad = [i for i in t.rope_scaling_layers if not 0 <= i < t.num_hidden_layers]
+            _check(not bad, f"text.rope_scaling_layers {bad} outside 0..{t.num_hidden_layers - 1}.")
+        _check(t.additional_vocab_size >= 0, "text.additional_vocab_size must be >= 0.")
+        _check(self.dtype in DTYPES, f"dtype {self.dtype!r}: use one of {DTYPES}.")
+        _check(self.param_dtype in DTYPES, f"param_dtype {self.param_dtype!r}: use one of {DTYPES}.")
+        _check(self.attention_impl in ATTENTION_IMPLS, f"attention_impl {self.attention_impl!r}: {ATTENTION_IMPLS}.")
+        _check(self.remat_policy in REMAT_POLICIES, f"remat_policy {self.remat_policy!r}: {REMAT_POLICIES}.")
+        return self
+
+    # -- Hugging Face config.json ----------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, d: Mapping[str, Any], **runtime: Any) -> Molmo2Config:
+        """Builds the config from a `config.json` dict (HF native or the released checkpoints' legacy keys)."""
+        if d.get("model_type") != "molmo2":
+            raise ConfigError(
+                f"config.json has model_type {d.get('model_type')!r}, not 'molmo2': this is not a Molmo2 "
+                "checkpoint. Point at a directory written by Molmo2ForConditionalGeneration.save_pretrained."
+            )
+        vd = dict(d.get("vision_config") or d.get("vit_config") or {})
+        ad = dict(d.get("adapter_config") or {})
+        td = dict(d.get("text_config") or {})
+
+        vision = VisionConfig(
+            hidden_size=vd.get("hidden_size", 1152),
+            intermediate_size=vd.get("intermediate_size", 4304),
+            num_hidden_layers=vd.get("num_hidden_layers", 25),
+            num_attention_heads=vd.get("num_attention_heads", 16),
+            num_key_value_heads=vd.get("num_key_value_heads", 16),
+            head_dim=vd.get("head_dim", 72),
+            hidden_act=vd.get("hidden_act", "gelu_pytorch_tanh"),
+            layer_norm_eps=vd.get("layer_norm_eps", 1e-6),
+            image_size=tuple(vd.get("image_size") or vd.get("image_default_input_size") or (378, 378)),
+            patch_size=vd.get("patch_size", vd.get("image_patch_size", 14)),
+            num_channels=vd.get("num_channels", 3),
+            attention_bias=vd.get("attention_bias", True),
+        )
+        layers = tuple(ad.get("vision_feature_layer") or ad.get("vit_layers") or (24, 18))
+        # Keep only the blocks the adapter reads (transformers does the same for the released
+        # checkpoints, which declare 27 blocks and ship 25); feature layers become non-negative.
+        declared = vision.num_hidden_layers
+        if not all(-declared <= layer < declared for layer in layers):
+            raise ConfigError(f"adapter vision_feature_layer {list(layers)} must index the {declared} ViT layers.")
+        layers = tuple(layer % declared for layer in layers)
+        vision = dataclasses.replace(vision, num_hidden_layers=max(layers) + 1)
+        adapter = AdapterConfig(
+            vision_feature_layers=layers,
+            hidden_size=ad.get("hidden_size", 1152),
+            num_attention_heads=ad.get("num_attention_heads", 16),
+            num_key_value_heads=ad.get("num_key_value_heads", 16),
+            head_dim=ad.get("head_dim", 72),
+            attention_bias=ad.get("attention_bias", True),
+            hidden_act=ad.get("hidden_act", "silu"),
+            intermediate_size=ad.get("intermediate_size", 18944),
+            text_hidden_size=ad.get("text_hidden_size", 3584),
+            mlp_bias=ad.get("mlp_bias", False),
+        )
+        rope = dict(td.get("rope_parameters") or td.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", td.get("rope_theta", 10000.0))
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+        scaling_layers = td.get("rope_scaling_layers")
+        num_layers = td.get("num_hidden_layers", 36)
+        if scaling_layers is not None and sorted(scaling_layers) == list(range(num_layers)):
+            scaling_layers = None
+        text = TextConfig(
+            hidden_size=td.get("hidden_size", 4096),
+            num_attention_heads=td.get("num_attention_heads", 32),
+            num_key_value_heads=td.get("num_key_value_heads", 8),
+            head_dim=td.get("head_dim", 128),
+            vocab_size=td.get("vocab_size", 151936),
+            additional_vocab_size=td.get("additional_vocab_size", 128),
+            attention_bias=td.get("attention_bias", td.get("qkv_bias", False)),
+            qk_norm_type=td.get("qk_norm_type", "qwen3"),
+            num_hidden_layers=num_layers,
+            intermediate_size=td.get("intermediate_size", 12288),
+            hidden_act=td.get("hidden_act", "silu"),
+            max_position_embeddings=td.get("max_position_embeddings", 36864),
+            rope_theta=float(theta),
+            rope_scaling=tuple(sorted(rope.items())),
+            rope_scaling_layers=None if scaling_layers is None else tuple(scaling_layers),
+            rms_norm_eps=td.get("rms_norm_eps", td.get("layer_norm_eps", 1e-6)),
+            norm_after=td.get("norm_after", False),
+        )
+        if d.get("tie_word_embeddings") or td.get("tie_word_embeddings"):
+            raise ConfigError(
+                "tie_word_embeddings=true is not supported: Molmo2's input table has the additional vocabulary "
+                "and its lm_head does not. Untie the weights (save lm_head separately) and retry."
+            )
+        defaults = Molmo2Config()
+        tokens = {
+            f.name: d.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls) if f.name.endswith("_id")
+        }
+        return cls(vision=vision, adapter=adapter, text=text, **tokens, **runtime).validate()
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The `config.json` dict that `transformers.Molmo2Config` reads."""
+        v, a, t = self.vision, self.adapter, self.text
+        rope = dict(t.rope_scaling)
+        rope["rope_theta"] = t.rope_theta
+        scaling_layers = list(range(t.num_hidden_layers)) if t.rope_scaling_layers is None else t.rope_scaling_layers
+        return {
+            "architectures": ["Molmo2ForConditionalGeneration"],
+            "model_type": "molmo2",
+            "vision_config": {
+                "model_type": "molmo2_vision",
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_hidden_layers,
+                "num_attention_heads": v.num_attention_heads,
+                "num_key_value_heads": v.num_key_value_heads,
+                "head_dim": v.head_dim,
+                "hidden_act": v.hidden_act,
+                "layer_norm_eps": v.layer_norm_eps,
+                "image_size": list(v.image_size),
+                "patch_size": v.patch_size,
+                "num_position_embeddings": v.num_patches,
+                "num_channels": v.num_channels,
+                "attention_bias": v.attention_bias,
+            },
+            "adapter_config": {
+                "model_type": "molmo2_adapter",
+                "vision_feature_layer": list(a.vision_feature_layers),
+                "hidden_size": a.hidden_size,
+                "num_attention_heads": a.num_attention_heads,
+                "num_key_value_heads": a.num_key_value_heads,
+                "head_dim": a.head_dim,
+                "attention_bias": a.attention_bias,
+                "hidden_act": a.hidden_act,
+                "intermediate_size": a.intermediate_size,
+                "text_hidden_size": a.text_hidden_size,
+                "mlp_bias": a.mlp_bias,
+            },
+            "text_config": {
+                "model_type": "molmo2_text",
+                "hidden_size": t.hidden_size,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "head_dim": t.head_dim,
+                "vocab_size": t.vocab_size,
+                "additional_vocab_size": t.additional_vocab_size,
+                "attention_bias": t.attention_bias,
+                "qk_norm_type": t.qk_norm_type,
+                "num_hidden_layers": t.num_hidden_layers,
+                "intermediate_size": t.intermediate_size,
+                "hidden_act": t.hidden_act,
+                "max_position_embeddings": t.max_position_embeddings,
+                "rope_parameters": rope,
+                "rope_scaling_layers": list(scaling_layers),
+                "rms_norm_eps": t.rms_norm_eps,
+                "norm_after": t.norm_after,
+                "tie_word_embeddings": False,
+            },
+            "image_start_token_id": self.image_start_token_id,
+            "low_res_image_start_token_id": self.low_res_image_start_token_id,
+            "image_end_token_id": self.image_end_token_id,
+            "image_patch_id": self.image_patch_id,
+            "frame_start_token_id": self.frame_start_token_id,
+            "frame_end_token_id": self.frame_end_token_id,
+            "tie_word_embeddings": False,
+        }
+
+
+# -- Named variants ------------------------------------------------------------------------------------
+
+_SHARED_VISION = VisionConfig()  # SigLIP2 So400m/14 at 378px, first 25 of 27 blocks; identical in 4B and 8B
+
+
+def _molmo2(text_hidden: int, text_mlp: int, rope_theta: float) -> Molmo2Config:
+    return Molmo2Config(
+        vision=_SHARED_VISION,
+        adapter=AdapterConfig(vision_feature_layers=(24, 18), intermediate_size=text_mlp, text_hidden_size=text_hidden),
+        text=TextConfig(hidden_size=text_hidden, intermediate_size=text_mlp, rope_theta=rope_theta),
+    )
+
+
+def _tiny() -> Molmo2Config:
+    """A few-layer model for tests: every structural feature of the big ones at toy widths."""
+    return Molmo2Config(
+        vision=VisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=8,
+            image_size=(42, 42),
+            patch_size=6,
+        ),
+        adapter=AdapterConfig(
+            vision_feature_layers=(-1, -3),
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=8,
+            intermediate_size=48,
+            text_hidden_size=64,
+        ),
+        text=TextConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=512,
+            additional_vocab_size=16,
+            num_hidden_layers=3,
+            intermediate_size=128,
+            max_position_embeddings=4096,
+            rope_theta=10_000.0,
+        ),
+        image_start_token_id=512,
+        image_end_token_id=513,
+        image_patch_id=514,
+        image_col_id=515,
+        low_res_image_start_token_id=516,
+        frame_start_token_id=519,
+        frame_end_token_id=520,
+    )
+
+
+VARIANTS = {
+    "tiny": _tiny,
+    # Published sizes: Qwen3-4B / Qwen3-8B decoders (allenai/Molmo2-4B, allenai/Molmo2-8B config.json).
+    "molmo2-4b": lambda: _molmo2(text_hidden=2560, text_mlp=9728, rope_theta=5_000_000.0),
+    "molmo2-8b": lambda: _molmo2(text_hidden=4096, text_mlp=12288, rope_theta=1_000_000.0),
+}
+
+
+def get_config(variant: str, **runtime: Any) -> Molmo2Config:
+    """A named variant (`tiny`, `molmo2-4b`, `molmo2-8b`) with run-time overrides (`dtype=...`)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"Unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+    return VARIANTS[variant]().replace(**runtime).validate()
