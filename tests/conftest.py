@@ -35,10 +35,12 @@ def tiny_hf(tmp_path_factory):
     model = transformers.Molmo2ForConditionalGeneration(hf_config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layer_norm" in name or "norm1" in name or "norm2" in name:
+            if name.endswith("norm.weight") or "layer_norm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif p.ndim == 2 and "embedding" not in name:  # unit-variance activations, as trained weights keep
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
             else:
-                p.copy_(0.1 * torch.randn_like(p))
+                p.copy_(0.5 * torch.randn_like(p))
     path = str(tmp_path_factory.mktemp("tiny_hf"))
     model.save_pretrained(path)
     return cfg, model, path

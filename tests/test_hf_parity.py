@@ -41,11 +41,13 @@ def test_vision_tower_and_connector_match(tiny_hf):
     with torch.no_grad():
         vit = model.model.vision_tower(pt["pixel_values_videos"].float(), output_hidden_states=True)
         video = model.model.get_video_features(pt["pixel_values_videos"], pt["video_token_pooling"], pt["video_grids"])
-    for depth in loaded_cfg.vit_feature_depths:
-        ours = np.asarray(out[f"vit/block_{depth}"])
-        np.testing.assert_allclose(ours, vit.hidden_states[depth].numpy(), atol=1e-4, rtol=0)
-    tokens = np.asarray(out["connector/tokens"])[0]
-    np.testing.assert_allclose(tokens, video.pooler_output[0].numpy(), atol=1e-4, rtol=0)
+    # fp32 agreement relative to each tensor's scale (features reach ~100 in this random model)
+    pairs = [(out[f"vit/block_{d}"], vit.hidden_states[d]) for d in loaded_cfg.vit_feature_depths]
+    pairs.append((out["connector/tokens"][0], video.pooler_output[0]))
+    for ours, theirs in pairs:
+        ours, theirs = np.asarray(ours), theirs.numpy()
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs).max() <= 2e-6 * np.abs(theirs).max()
 
 
 def test_save_then_from_pretrained_round_trip(tiny_hf, tmp_path):

@@ -21,7 +21,7 @@ class ViTBlock(nn.Module):
     def __call__(self, x: Array, _unused=None, *, mask: Array | None = None, bias: Array | None = None):
         v = self.cfg.vision
         kw = dtypes(self.cfg)
-        h = nn.LayerNorm(epsilon=v.layer_norm_eps, name="layer_norm1", **kw)(x)
+        h = nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name="layer_norm1", **kw)(x)
         x = x + ViTAttention(
             v.num_attention_heads,
             v.num_key_value_heads,
@@ -31,7 +31,7 @@ class ViTBlock(nn.Module):
             name="attn",
             **kw,
         )(h, mask=mask, bias=bias)
-        h = nn.LayerNorm(epsilon=v.layer_norm_eps, name="layer_norm2", **kw)(x)
+        h = nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name="layer_norm2", **kw)(x)
         h = nn.Dense(v.intermediate_size, name="fc1", **kw)(h)
         x = x + nn.Dense(v.hidden_size, name="fc2", **kw)(gelu_tanh(h))
         return x, None
