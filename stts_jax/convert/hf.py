@@ -47,9 +47,9 @@ def _linear(hf_prefix: str, our: tuple[str, ...], bias: bool) -> list[tuple[str,
 def _mapping(cfg: Molmo2Config) -> list[tuple[str, tuple[str, ...], str]]:
     """(HF tensor name or per-layer template with {i}, our param path, transform) for single tensors.
 
-    transform: "" copy, "T" transpose. Fused and split tensors are handled in `_fused_*`.
+    transform: "" copy, "T" transpose. The fused and split text tensors are handled by the callers.
     """
-    v, a, t = cfg.vision, cfg.adapter, cfg.text
+    v, a = cfg.vision, cfg.adapter
     rules = [(VIT + "positional_embedding", ("vit", "positional_embedding"), "")]
     rules += _linear(VIT + "patch_embedding", ("vit", "patch_embedding"), True)
     block = VIT + "transformer.resblocks.{i}."
@@ -270,7 +270,7 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{file_path} is listed in {INDEX_FILE} but missing. Copy the whole directory.")
         try:
             with safe_open(file_path, framework="flax") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                     tensors[key] = np.asarray(f.get_tensor(key))
         except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
             raise CheckpointError(f"{file_path} could not be read as safetensors ({e}).") from e

@@ -38,9 +38,7 @@ class SegmentMask:
     causal: bool = flax.struct.field(pytree_node=False, default=True)
 
     @classmethod
-    def self_attention(
-        cls, segment_ids: Array, block_ids: Array | None = None, causal: bool = True
-    ) -> SegmentMask:
+    def self_attention(cls, segment_ids: Array, block_ids: Array | None = None, causal: bool = True) -> SegmentMask:
         """Queries and keys are the same tokens: segment_ids / block_ids are [batch, len]."""
         slots = jnp.broadcast_to(jnp.arange(segment_ids.shape[1], dtype=jnp.int32), segment_ids.shape)
         return cls(segment_ids, segment_ids, slots, slots, block_ids, block_ids, causal)
@@ -142,8 +140,8 @@ def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bo
     shape = (q_len, kv_len)
     if kind == "causal":
         base = sm.CausalMask(shape)
-    elif kind == "upper":  # key slot >= query slot
-        base = sm.NumpyMask(np.triu(np.ones(shape, dtype=bool)))
+    elif kind == "upper":  # key slot >= query slot, computed lazily per block
+        base = sm.LocalMask(shape, window_size=(0, None), offset=0)
     else:
         base = sm.FullMask(shape)
     block = min(128, q_len), min(128, kv_len)

@@ -61,7 +61,10 @@ class VisionConfig:
 class AdapterConfig:
     """Attention pooling over windows of ViT features, then a SwiGLU projector (`Molmo2AdapterConfig`)."""
 
-    vision_feature_layers: tuple[int, ...] = (24, 18)  # HF `vision_feature_layer`; negative counts from the end
+    vision_feature_layers: tuple[int, ...] = (
+        24,
+        18,
+    )  # HF `vision_feature_layer`; negative counts from the end
     hidden_size: int = 1152
     num_attention_heads: int = 16
     num_key_value_heads: int = 16
@@ -169,7 +172,10 @@ class Molmo2Config:
             v.image_size[0] % v.patch_size == 0 and v.image_size[1] % v.patch_size == 0,
             f"vision.image_size {v.image_size} must be a multiple of vision.patch_size {v.patch_size}.",
         )
-        _check(v.hidden_act == "gelu_pytorch_tanh", f"vision.hidden_act {v.hidden_act!r}: only gelu_pytorch_tanh.")
+        _check(
+            v.hidden_act == "gelu_pytorch_tanh",
+            f"vision.hidden_act {v.hidden_act!r}: only gelu_pytorch_tanh.",
+        )
         _check(len(a.vision_feature_layers) > 0, "adapter.vision_feature_layers must name at least one layer.")
         n = v.num_hidden_layers
         for layer in a.vision_feature_layers:
@@ -188,7 +194,10 @@ class Molmo2Config:
         _check(t.additional_vocab_size >= 0, "text.additional_vocab_size must be >= 0.")
         _check(self.dtype in DTYPES, f"dtype {self.dtype!r}: use one of {DTYPES}.")
         _check(self.param_dtype in DTYPES, f"param_dtype {self.param_dtype!r}: use one of {DTYPES}.")
-        _check(self.attention_impl in ATTENTION_IMPLS, f"attention_impl {self.attention_impl!r}: {ATTENTION_IMPLS}.")
+        _check(
+            self.attention_impl in ATTENTION_IMPLS,
+            f"attention_impl {self.attention_impl!r}: {ATTENTION_IMPLS}.",
+        )
         _check(self.remat_policy in REMAT_POLICIES, f"remat_policy {self.remat_policy!r}: {REMAT_POLICIES}.")
         return self
 

@@ -40,9 +40,7 @@ def greedy_generate(cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens
         tokens = tokens.at[:, i].set(token)
         slot = s + i
         kv_segments = kv_segments.at[:, slot].set(segment)
-        segments = SegmentMask(
-            segment[:, None], kv_segments, jnp.full((b, 1), slot, jnp.int32), slots, causal=True
-        )
+        segments = SegmentMask(segment[:, None], kv_segments, jnp.full((b, 1), slot, jnp.int32), slots, causal=True)
         logits, cache = model.apply(
             {"params": params},
             token[:, None],

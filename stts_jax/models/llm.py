@@ -149,7 +149,12 @@ class TextModel(nn.Module):
         self.blocks = self.param(
             "blocks",
             init_stacked(
-                DecoderBlock(self.cfg, parent=None), t.num_hidden_layers, sample, (None, True), rope=sample_rope, segments=sample_seg
+                DecoderBlock(self.cfg, parent=None),
+                t.num_hidden_layers,
+                sample,
+                (None, True),
+                rope=sample_rope,
+                segments=sample_seg,
             ),
         )
         self.final_norm = RMSNorm(t.rms_norm_eps, **kw)

@@ -53,7 +53,10 @@ class VisionTransformer(nn.Module):
         kw = dtypes(self.cfg)
         x = nn.Dense(v.hidden_size, name="patch_embedding", **kw)(patches.astype(kw["dtype"]))
         pos = self.param(
-            "positional_embedding", nn.initializers.normal(0.02), (v.num_patches, v.hidden_size), kw["param_dtype"]
+            "positional_embedding",
+            nn.initializers.normal(0.02),
+            (v.num_patches, v.hidden_size),
+            kw["param_dtype"],
         )
         x = x + pos.astype(x.dtype)[None]
         block = ViTBlock(self.cfg, parent=None)

@@ -91,7 +91,12 @@ class Molmo2(nn.Module):
             widen = lambda x: jnp.pad(x, ((0, 0), (0, pad)))
             slots = jnp.broadcast_to(jnp.arange(cache["k"].shape[2], dtype=jnp.int32), widen(blocks).shape)
             segments = SegmentMask(
-                batch.segment_ids, widen(batch.segment_ids), slots[:, : blocks.shape[1]], slots, blocks, widen(blocks)
+                batch.segment_ids,
+                widen(batch.segment_ids),
+                slots[:, : blocks.shape[1]],
+                slots,
+                blocks,
+                widen(blocks),
             )
         hidden, cache = self.text(embeddings, batch.positions, segments, cache, 0)
         out["llm/hidden"] = hidden

@@ -1,0 +1,106 @@
+"""Model contracts: parameter counts of the published sizes, compile-once, execution modes, dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stts_jax.convert.hf import abstract_params
+from stts_jax.models import Molmo2, VideoBatch, get_config
+from stts_jax.models.config import ConfigError
+
+
+def _count(tree) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("variant", ["molmo2-4b", "molmo2-8b"])
+def test_published_sizes_match_transformers_parameter_count(variant):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = get_config(variant)
+    with torch.device("meta"):
+        reference = transformers.Molmo2ForConditionalGeneration(transformers.Molmo2Config(**cfg.to_hf_dict()))
+    expected = sum(p.numel() for p in reference.parameters())
+    assert _count(abstract_params(cfg)) == expected
+    if variant == "molmo2-4b":  # allenai/Molmo2-4B model.safetensors.index.json: total_parameters
+        assert expected == 4_850_869_200
+
+
+def random_batch(cfg, rng, batch=2, frames=2, seq=40, windows=None):
+    rows, cols = cfg.vision.patch_grid
+    from stts_jax.data.pooling import video_pooling_indices
+
+    idx = video_pooling_indices(frames, rows, cols)
+    ids = rng.integers(0, cfg.text.vocab_size, size=(batch, seq)).astype(np.int32)
+    ids[:, 3 : 3 + len(idx)] = cfg.image_patch_id
+    segments = np.ones((batch, seq), np.int32)
+    segments[1, seq - 5 :] = 0
+    return VideoBatch(
+        input_ids=jnp.asarray(ids),
+        segment_ids=jnp.asarray(segments),
+        positions=jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
+        pixel_values=jnp.asarray(rng.normal(size=(batch, frames, rows * cols, cfg.vision.patch_dim)), jnp.float32),
+        pooling_idx=jnp.broadcast_to(jnp.asarray(idx), (batch, *idx.shape)),
+    )
+
+
+def test_forward_compiles_once_per_shape():
+    cfg = get_config("tiny")
+    model = Molmo2(cfg)
+    rng = np.random.default_rng(0)
+    params = model.init(jax.random.key(0), random_batch(cfg, rng))["params"]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(params, batch):
+        return model.apply({"params": params}, batch)[0]
+
+    first = forward(params, random_batch(cfg, rng))
+    second = forward(params, random_batch(cfg, rng))  # new content, same shapes: no retrace
+    assert not np.allclose(first, second)
+    with pytest.raises(AssertionError, match="traced > 1"):
+        forward(params, random_batch(cfg, rng, seq=48))
+
+
+def test_scan_unrolled_and_remat_agree():
+    base = get_config("tiny")
+    batch = random_batch(base, np.random.default_rng(1))
+    params = Molmo2(base).init(jax.random.key(0), batch)["params"]
+
+    def loss_and_grads(cfg):
+        loss = lambda p: jnp.mean(Molmo2(cfg).apply({"params": p}, batch)[0] ** 2)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    ref_loss, ref_grads = loss_and_grads(base)
+    for changes in ({"scan_layers": False}, {"remat_policy": "full"}, {"attention_impl": "jax"}):
+        loss, grads = loss_and_grads(base.replace(**changes))
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(g, ref, atol=1e-5 * float(np.abs(ref).max()) + 1e-8)
+
+
+def test_bfloat16_params_and_compute_run_close_to_fp32():
+    cfg = get_config("tiny")
+    batch = random_batch(cfg, np.random.default_rng(2))
+    params = Molmo2(cfg).init(jax.random.key(0), batch)["params"]
+    fp32 = jax.jit(Molmo2(cfg).apply)({"params": params}, batch)[0]
+    bf16_cfg = cfg.replace(dtype="bfloat16", param_dtype="bfloat16")
+    bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    bf16 = jax.jit(Molmo2(bf16_cfg).apply)({"params": bf16_params}, batch)[0]
+    assert bf16.dtype == jnp.bfloat16
+    assert np.abs(np.asarray(bf16, np.float32) - fp32).max() < 0.1 * np.abs(fp32).max()
+
+
+def test_impossible_config_names_the_field():
+    with pytest.raises(ConfigError, match="num_key_value_heads"):
+        get_config("tiny").replace(text=get_config("tiny").text.__class__(num_attention_heads=6)).validate()
+    with pytest.raises(ConfigError, match="attention_impl"):
+        get_config("tiny", attention_impl="flash")
+    with pytest.raises(ConfigError, match="Unknown model variant"):
+        get_config("molmo2-70b")
