@@ -40,7 +40,7 @@ def random_batch(cfg, rng, batch=2, frames=2, seq=40, windows=None):
     ids = rng.integers(0, cfg.text.vocab_size, size=(batch, seq)).astype(np.int32)
     ids[:, 3 : 3 + len(idx)] = cfg.image_patch_id
     segments = np.ones((batch, seq), np.int32)
-    segments[1, seq - 5 :] = 0
+    segments[1:, seq - 5 :] = 0  # later rows end in padding
     return VideoBatch(
         input_ids=jnp.asarray(ids),
         segment_ids=jnp.asarray(segments),
@@ -85,6 +85,17 @@ def test_scan_unrolled_and_remat_agree():
             np.testing.assert_allclose(g, ref, atol=1e-5 * float(np.abs(ref).max()) + 1e-8)
 
 
+def test_splash_attention_model_forward_equals_xla():
+    """The whole VLM with the Pallas splash kernel (interpret mode on CPU) on every self-attention."""
+    cfg = get_config("tiny")
+    batch = random_batch(cfg, np.random.default_rng(4))
+    params = Molmo2(cfg).init(jax.random.key(0), batch)["params"]
+    xla = jax.jit(Molmo2(cfg).apply)({"params": params}, batch)[0]
+    splash = jax.jit(Molmo2(cfg.replace(attention_impl="splash")).apply)({"params": params}, batch)[0]
+    real = np.asarray(batch.segment_ids) != 0
+    np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(xla)[real], atol=2e-5)
+
+
 def test_bfloat16_params_and_compute_run_close_to_fp32():
     cfg = get_config("tiny")
     batch = random_batch(cfg, np.random.default_rng(2))
@@ -104,3 +115,31 @@ def test_impossible_config_names_the_field():
         get_config("tiny", attention_impl="flash")
     with pytest.raises(ConfigError, match="Unknown model variant"):
         get_config("molmo2-70b")
+
+
+def test_packed_row_equals_examples_run_alone():
+    """Two examples packed in one row (segment ids 1 and 2, positions restarting) give the logits each
+    gives alone: no attention crosses examples, and vision tokens stay within their own example."""
+    cfg = get_config("tiny")
+    rng = np.random.default_rng(3)
+    alone = [random_batch(cfg, rng, batch=1, frames=f, seq=s) for f, s in ((2, 30), (1, 20))]
+    alone[0] = alone[0].replace(segment_ids=jnp.ones_like(alone[0].segment_ids))
+    alone[1] = alone[1].replace(segment_ids=jnp.ones_like(alone[1].segment_ids))
+    model = Molmo2(cfg)
+    params = model.init(jax.random.key(0), alone[0])["params"]
+    forward = jax.jit(lambda b: model.apply({"params": params}, b)[0])
+    expected = [np.asarray(forward(b))[0] for b in alone]
+
+    frames0 = alone[0].pixel_values.shape[1]
+    patches = cfg.vision.num_patches
+    pool1 = jnp.where(alone[1].pooling_idx >= 0, alone[1].pooling_idx + frames0 * patches, -1)
+    packed = VideoBatch(
+        input_ids=jnp.concatenate([b.input_ids for b in alone], axis=1),
+        segment_ids=jnp.concatenate([alone[0].segment_ids, 2 * alone[1].segment_ids], axis=1),
+        positions=jnp.concatenate([b.positions for b in alone], axis=1),
+        pixel_values=jnp.concatenate([b.pixel_values for b in alone], axis=1),
+        pooling_idx=jnp.concatenate([alone[0].pooling_idx, pool1], axis=1),
+    )
+    got = np.asarray(forward(packed))[0]
+    np.testing.assert_allclose(got[:30], expected[0], atol=2e-5)
+    np.testing.assert_allclose(got[30:], expected[1], atol=2e-5)

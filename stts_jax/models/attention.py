@@ -101,7 +101,12 @@ def attend(
     mask: bool, broadcastable to [batch, heads, q_len, kv_len] (True = visible).
     bias: float, added to the logits, broadcastable likewise (e.g. STTS log-scores per key).
     A query with no visible key returns the mean of the values, as transformers' eager path does.
+    impl: "xla" (reference), "jax" (`jax.nn.dot_product_attention`, cuDNN on GPU), "splash" (Pallas
+    TPU kernel; used when there is neither mask nor bias, else the XLA path).
     """
+    if impl == "splash" and mask is None and bias is None:  # plain full attention (the unpacked ViT)
+        ones = jnp.ones(query.shape[:2], jnp.int32)
+        return splash_attention(query, key, value, SegmentMask.self_attention(ones, causal=False))
     scale = query.shape[-1] ** -0.5
     if mask is not None:
         mask = jnp.broadcast_to(mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1]))
@@ -122,7 +127,7 @@ def attend(
 
 def attend_segments(query: Array, key: Array, value: Array, segments: SegmentMask, *, impl: str = "xla") -> Array:
     """Attention over packed rows described by a `SegmentMask` (shapes as in `attend`)."""
-    if impl == "splash":
+    if impl == "splash" and query.shape[1] == key.shape[1]:  # self-attention; a KV cache takes the XLA path
         return splash_attention(query, key, value, segments)
     return attend(query, key, value, mask=make_attention_mask(segments), impl=impl)
 
@@ -133,7 +138,7 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bool):
+def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bool, residuals: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -144,7 +149,7 @@ def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bo
         base = sm.LocalMask(shape, window_size=(0, None), offset=0)
     else:
         base = sm.FullMask(shape)
-    block = min(128, q_len), min(128, kv_len)
+    block = 128, 128
     sizes = sk.BlockSizes(
         block_q=block[0],
         block_kv=block[1],
@@ -155,30 +160,36 @@ def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bo
         block_q_dq=block[0],
         block_kv_dq=block[1],
     )
-    return sk.make_splash_mha(
-        sm.MultiHeadMask([base] * heads),
-        head_shards=1,
-        q_seq_shards=1,
-        block_sizes=sizes,
-        save_residuals=True,
-        interpret=interpret,
-    )
+    with jax.ensure_compile_time_eval():  # the cached kernel's mask arrays must not be tracers
+        return sk.make_splash_mha(
+            sm.MultiHeadMask([base] * heads),
+            head_shards=1,
+            q_seq_shards=1,
+            block_sizes=sizes,
+            save_residuals=residuals,
+            interpret=interpret,
+        )
 
 
-def _splash_call(q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array, kind: str) -> tuple[Array, Array]:
-    """One splash pass over [b, t, h, d] tensors; returns (out [b, t, h, d] fp32, logsumexp [b, h, t])."""
+def _splash_call(
+    q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array, kind: str, residuals: bool = False
+) -> tuple[Array, Array | None]:
+    """One splash pass over [b, t, h, d] tensors -> (out [b, t, h, d] fp32, logsumexp [b, h, t] or None).
+
+    The kernel differentiates only without residuals (`residuals=False`).
+    """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     b, t, h, d = q.shape
     interpret = jax.default_backend() != "tpu"
-    kernel = _splash_kernel(t, k.shape[1], h, kind, interpret)
+    kernel = _splash_kernel(t, k.shape[1], h, kind, interpret, residuals)
     scale = d**-0.5
     qh = (q * scale).transpose(0, 2, 1, 3)  # splash takes [heads, len, dim] and applies no scale itself
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def one(qi, ki, vi, qs, ks):
-        out, (lse,) = kernel(qi, ki, vi, segment_ids=sk.SegmentIds(q=qs, kv=ks))
-        return out, lse
+        result = kernel(qi, ki, vi, segment_ids=sk.SegmentIds(q=qs, kv=ks))
+        return (result[0], result[1][0]) if residuals else (result, None)
 
     out, lse = jax.vmap(one)(qh, kh, vh, q_ids, kv_ids)
     return out.transpose(0, 2, 1, 3).astype(jnp.float32), lse
@@ -192,7 +203,9 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
     (1) causal keys of the same segment; (2) strictly later keys of the same block, expressed by
     giving tokens outside any block ids that never match. The two partial softmaxes are merged by
     their log-sum-exps. Block ids must be unique within a row (the VLM uses the segment id).
-    Self-attention only; lengths are padded to the kernel's 128-token blocks. Padding queries
+    Self-attention only; lengths are padded to the kernel's 128-token blocks. With vision blocks the
+    merge needs the kernel's log-sum-exp, which it does not differentiate: that case is forward-only
+    (inference); causal-only and full attention are differentiable. Padding queries
     (segment 0) see other padding here, where the XLA path gives them the mean of all values.
     """
     heads, kv = query.shape[2], key.shape[2]
@@ -200,15 +213,16 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
         key = jnp.repeat(key, heads // kv, axis=2)
         value = jnp.repeat(value, heads // kv, axis=2)
     t = query.shape[1]
-    pad = -t % 128 if t > 128 else 0
+    pad = -t % 128
     seg = jnp.pad(segments.q_segment_ids, ((0, 0), (0, pad)))
     query, key, value = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (query, key, value))
     if not segments.causal:
         out, _ = _splash_call(query, key, value, seg, seg, "full")
         return out[:, :t].astype(query.dtype)
-    out1, lse1 = _splash_call(query, key, value, seg, seg, "causal")
     if segments.q_block_ids is None:
-        return out1[:, :t].astype(query.dtype)
+        out, _ = _splash_call(query, key, value, seg, seg, "causal")
+        return out[:, :t].astype(query.dtype)
+    out1, lse1 = _splash_call(query, key, value, seg, seg, "causal", residuals=True)
     block = jnp.pad(segments.q_block_ids, ((0, 0), (0, pad)))
     in_block = block > 0
     slots = jnp.arange(t + pad)
@@ -221,7 +235,7 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
     kv2_next = jnp.concatenate([kv2[:, 1:], jnp.full_like(kv2[:, :1], -2 - t - pad)], axis=1)
     q2 = jnp.where(has_later, block, kv2_next)
     shift = lambda x: jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
-    out2, lse2 = _splash_call(query, shift(key), shift(value), q2, kv2_next, "upper")
+    out2, lse2 = _splash_call(query, shift(key), shift(value), q2, kv2_next, "upper", residuals=True)
     lse2 = jnp.where(has_later[:, None, :], lse2, -jnp.inf)
     lse = jnp.logaddexp(lse1, lse2)
     w1 = jnp.exp(lse1 - lse).transpose(0, 2, 1)[..., None]
