@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import torch_inputs, video_prompt
 
 from stts_jax.convert.hf import batch_from_hf_inputs, load_molmo2
+from stts_jax.convert.reference import torch_inputs, video_prompt
 from stts_jax.models.generate import greedy_generate
 
 torch = pytest.importorskip("torch")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import torch_inputs, video_prompt
 
 from stts_jax.convert.hf import batch_from_hf_inputs, hf_video_logits, load_molmo2, save_molmo2
+from stts_jax.convert.reference import torch_inputs, video_prompt
 
 torch = pytest.importorskip("torch")
 

@@ -1,0 +1,51 @@
+"""Params-only Orbax checkpoints: `config.json` (Hugging Face layout) beside an Orbax params tree."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from stts_jax.convert.hf import CONFIG_FILE, CheckpointError, abstract_params, read_config
+from stts_jax.models.config import Molmo2Config
+
+PARAMS_DIR = "params"
+
+
+def save_params(cfg: Molmo2Config, params: Any, path: str, dtype: str | None = None) -> None:
+    """Writes `path/config.json` and `path/params` (Orbax); `dtype` casts floating params (e.g. bfloat16)."""
+    path = os.path.abspath(path)
+    if os.path.exists(os.path.join(path, PARAMS_DIR)):
+        raise CheckpointError(f"{path}/{PARAMS_DIR} already exists; choose an empty output directory.")
+    os.makedirs(path, exist_ok=True)
+    if dtype is not None:
+        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(path, PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(cfg.to_hf_dict(), f, indent=2)
+
+
+def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:
+    """Reads what `save_params` wrote -> (config, params), checking the tree against the model."""
+    path = os.path.abspath(path)
+    cfg = read_config(path, **runtime)
+    params_path = os.path.join(path, PARAMS_DIR)
+    if not os.path.isdir(params_path):
+        raise CheckpointError(f"{params_path} not found: not a params-only Orbax checkpoint written by stts_jax.")
+    checkpointer = ocp.StandardCheckpointer()
+    stored = checkpointer.metadata(params_path).item_metadata.tree
+    expected = abstract_params(cfg)
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    if shapes(stored) != shapes(expected):
+        raise CheckpointError(
+            f"{params_path} holds params of another model shape than {path}/config.json describes "
+            "(different sizes or layers); use the config.json saved with these params."
+        )
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+    return cfg, checkpointer.restore(params_path, target)
