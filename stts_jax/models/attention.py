@@ -132,13 +132,48 @@ def attend_segments(query: Array, key: Array, value: Array, segments: SegmentMas
     return attend(query, key, value, mask=make_attention_mask(segments), impl=impl)
 
 
+def attend_packed_frames(
+    query: Array, key: Array, value: Array, segment_ids: Array, frame_len: int, impl: str
+) -> Array:
+    """Full attention within each frame of a flat packed buffer (frames contiguous, <= frame_len slots).
+
+    query / key / value: [batch, slots, heads, head_dim]; segment_ids: [batch, slots], 0 = padding.
+    XLA: chunks of C >= frame_len slots, each query chunk against its own and both neighbouring
+    chunks (slots must be a multiple of C). Splash: a static band |i - j| < frame_len and-ed with the
+    segment ids, so the kernel skips every block outside the band.
+    """
+    if impl == "splash":
+        return splash_attention(query, key, value, SegmentMask.self_attention(segment_ids, causal=False), frame_len)
+    from stts_jax.stts.packing import chunk_size
+
+    b, s, h, d = query.shape
+    c = chunk_size(frame_len)
+    n = s // c
+    chunks = lambda x: x.reshape(b, n, c, *x.shape[2:])
+    neighbours = lambda x, fill: jnp.concatenate(
+        [
+            jnp.pad(x, ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)[:, :-1],
+            x,
+            jnp.pad(x, ((0, 0), (0, 1)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)[:, 1:],
+        ],
+        axis=2,
+    )
+    q_seg = chunks(segment_ids)
+    kv_seg = neighbours(q_seg, -1)
+    mask = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg[..., :, None] > 0)
+    k = neighbours(chunks(key), 0).reshape(b * n, 3 * c, *key.shape[2:])
+    v = neighbours(chunks(value), 0).reshape(b * n, 3 * c, *value.shape[2:])
+    out = attend(chunks(query).reshape(b * n, c, h, d), k, v, mask=mask.reshape(b * n, 1, c, 3 * c), impl=impl)
+    return out.reshape(b, s, h, d)
+
+
 # -- Pallas splash attention (TPU; interpret mode elsewhere) -----------------------------------------------
 
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bool, residuals: bool):
+def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bool, residuals: bool, band: int):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -147,6 +182,8 @@ def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bo
         base = sm.CausalMask(shape)
     elif kind == "upper":  # key slot >= query slot, computed lazily per block
         base = sm.LocalMask(shape, window_size=(0, None), offset=0)
+    elif band:  # |key slot - query slot| < band
+        base = sm.LocalMask(shape, window_size=(band - 1, band - 1), offset=0)
     else:
         base = sm.FullMask(shape)
     block = 128, 128
@@ -172,7 +209,7 @@ def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bo
 
 
 def _splash_call(
-    q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array, kind: str, residuals: bool = False
+    q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array, kind: str, residuals: bool = False, band: int = 0
 ) -> tuple[Array, Array | None]:
     """One splash pass over [b, t, h, d] tensors -> (out [b, t, h, d] fp32, logsumexp [b, h, t] or None).
 
@@ -182,7 +219,7 @@ def _splash_call(
 
     b, t, h, d = q.shape
     interpret = jax.default_backend() != "tpu"
-    kernel = _splash_kernel(t, k.shape[1], h, kind, interpret, residuals)
+    kernel = _splash_kernel(t, k.shape[1], h, kind, interpret, residuals, band)
     scale = d**-0.5
     qh = (q * scale).transpose(0, 2, 1, 3)  # splash takes [heads, len, dim] and applies no scale itself
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -195,7 +232,7 @@ def _splash_call(
     return out.transpose(0, 2, 1, 3).astype(jnp.float32), lse
 
 
-def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMask) -> Array:
+def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMask, band: int = 0) -> Array:
     """`attend_segments` on the Pallas splash kernel, equal to `make_attention_mask` on real tokens.
 
     Splash masks are static (causal / full) and-ed with dynamic segment ids. A causal mask with a
@@ -205,7 +242,8 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
     their log-sum-exps. Block ids must be unique within a row (the VLM uses the segment id).
     Self-attention only; lengths are padded to the kernel's 128-token blocks. With vision blocks the
     merge needs the kernel's log-sum-exp, which it does not differentiate: that case is forward-only
-    (inference); causal-only and full attention are differentiable. Padding queries
+    (inference); causal-only and full attention are differentiable. `band` > 0 (non-causal only)
+    restricts keys to |i - j| < band, which the kernel uses to skip blocks. Padding queries
     (segment 0) see other padding here, where the XLA path gives them the mean of all values.
     """
     heads, kv = query.shape[2], key.shape[2]
@@ -217,7 +255,7 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
     seg = jnp.pad(segments.q_segment_ids, ((0, 0), (0, pad)))
     query, key, value = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (query, key, value))
     if not segments.causal:
-        out, _ = _splash_call(query, key, value, seg, seg, "full")
+        out, _ = _splash_call(query, key, value, seg, seg, "full", band=band)
         return out[:, :t].astype(query.dtype)
     if segments.q_block_ids is None:
         out, _ = _splash_call(query, key, value, seg, seg, "causal")

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 ATTENTION_IMPLS = ("xla", "jax", "splash")
+STTS_METHODS = ("none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames")
+PRUNING_METHODS = ("random", "heuristic", "stts", "stts_no_aux")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ROPE_TYPES = ("default", "linear", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -74,6 +76,7 @@ class AdapterConfig:
     intermediate_size: int = 12288
     text_hidden_size: int = 4096
     mlp_bias: bool = False
+    pooling_size: tuple[int, int] = (3, 3)  # patches per window (rows, cols); the processor's pooling_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,36 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class STTSConfig:
+    """Spatio-Temporal Token Scoring (STTS.md sections 2-7) and the baselines with the same budget."""
+
+    method: str = "none"  # none | random | heuristic | stts | stts_no_aux | fewer_frames
+    prune_ratio: float = 0.5  # k: each video loses floor(windows * k * frames) windows (frame 0 never)
+    layer: int = 3  # l: scorer after ViT block l, its bias in block l+1, pruned from block l+2 on
+    window_size: tuple[int, int] = (3, 3)  # must equal the connector's pooling windows
+    mlp_dim: int | None = None  # scorer MLP width; None = the ViT's MLP width (4304)
+    aux_weight: float = 0.5  # temporal auxiliary loss weight: reference code 0.5, paper 1.0
+    aux_stop_gradient: bool = False  # stop the gradient through the aux target (the reference does not)
+    bias_min: float = 0.1353352832366127  # scores are min-max rescaled to [bias_min, 1]; default e^-2
+    bias_granularity: str = "frame"  # rescale per "frame", or per patch "row" (the reference's quirk)
+    position_policy: str = "renumber"  # LLM positions after removal: "renumber" contiguously or "keep"
+    max_videos_per_row: int = 1  # videos packed in one row (sizes the static kept-window buffer)
+    llm_seq_len: int | None = None  # static LLM length after removing pruned placeholders; None = input length
+
+    @property
+    def prunes(self) -> bool:
+        return self.method in PRUNING_METHODS
+
+    @property
+    def uses_scorer(self) -> bool:
+        return self.method in ("stts", "stts_no_aux")
+
+    @property
+    def effective_aux_weight(self) -> float:
+        return self.aux_weight if self.method == "stts" else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Molmo2Config:
     """The whole VLM: sub-configs, special tokens, and how to run it."""
 
@@ -127,6 +160,7 @@ class Molmo2Config:
     # (cuDNN on GPU); "splash": Pallas splash attention with segment ids (TPU, or interpret mode on CPU)
     scan_layers: bool = True  # run the stacked blocks with lax.scan (fast compiles) or unrolled
     remat_policy: str = "none"  # rematerialise each block in the backward pass: none|full|dots|dots_no_batch
+    stts: STTSConfig = STTSConfig()
 
     @property
     def vision_token_ids(self) -> tuple[int, ...]:
@@ -199,7 +233,31 @@ class Molmo2Config:
             f"attention_impl {self.attention_impl!r}: {ATTENTION_IMPLS}.",
         )
         _check(self.remat_policy in REMAT_POLICIES, f"remat_policy {self.remat_policy!r}: {REMAT_POLICIES}.")
+        self._validate_stts()
         return self
+
+    def _validate_stts(self) -> None:
+        s = self.stts
+        _check(s.method in STTS_METHODS, f"stts.method {s.method!r}: choose one of {STTS_METHODS}.")
+        _check(0.0 <= s.prune_ratio < 1.0, f"stts.prune_ratio {s.prune_ratio} must be in [0, 1).")
+        if s.method == "none":
+            return
+        _check(
+            s.layer >= 0 and s.layer + 1 < self.vit_depth,
+            f"stts.layer {s.layer}: the scorer sits after block l and biases block l+1, so l must be in "
+            f"0..{self.vit_depth - 2} for a ViT that runs {self.vit_depth} blocks.",
+        )
+        _check(
+            tuple(s.window_size) == tuple(self.adapter.pooling_size),
+            f"stts.window_size {tuple(s.window_size)} must equal the connector's pooling windows "
+            f"adapter.pooling_size {tuple(self.adapter.pooling_size)}: one score per future LLM token.",
+        )
+        _check(0.0 < s.bias_min <= 1.0, f"stts.bias_min {s.bias_min} must be in (0, 1].")
+        _check(s.bias_granularity in ("frame", "row"), f"stts.bias_granularity {s.bias_granularity!r}: frame|row.")
+        _check(s.position_policy in ("renumber", "keep"), f"stts.position_policy {s.position_policy!r}: renumber|keep.")
+        _check(s.max_videos_per_row >= 1, f"stts.max_videos_per_row {s.max_videos_per_row} must be >= 1.")
+        _check(s.aux_weight >= 0, f"stts.aux_weight {s.aux_weight} must be >= 0.")
+        _check(s.llm_seq_len is None or s.llm_seq_len > 0, "stts.llm_seq_len must be positive (or None).")
 
     # -- Hugging Face config.json ----------------------------------------------------------------------
 

@@ -23,16 +23,18 @@ def greedy_generate(cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens
     slots after the prompt and continue the row's positions from its last real token.
     """
     model = Molmo2(cfg)
-    b, s = batch.input_ids.shape
+    b = batch.input_ids.shape[0]
+    s = (cfg.stts.llm_seq_len or batch.input_ids.shape[1]) if cfg.stts.prunes else batch.input_ids.shape[1]
     length = s + max_new_tokens
     cache = init_cache(cfg, b, length)
-    logits, out = model.apply({"params": params}, batch, cache)
-    last = jnp.max(jnp.where(batch.segment_ids != 0, jnp.arange(s), -1), axis=1)
+    logits, out = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+    segment_ids, positions = out["llm/segment_ids"], out["llm/positions"]  # after pruning, if any
+    last = jnp.max(jnp.where(segment_ids != 0, jnp.arange(s), -1), axis=1)
     rows = jnp.arange(b)
     token = jnp.argmax(logits[rows, last], axis=-1).astype(jnp.int32)
-    position = batch.positions[rows, last]
-    segment = batch.segment_ids[rows, last]
-    kv_segments = jnp.pad(batch.segment_ids, ((0, 0), (0, max_new_tokens)))
+    position = positions[rows, last]
+    segment = segment_ids[rows, last]
+    kv_segments = jnp.pad(segment_ids, ((0, 0), (0, max_new_tokens)))
     slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
 
     def step(i, state):

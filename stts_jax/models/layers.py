@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stts_jax.models.attention import attend
+from stts_jax.models.attention import attend, attend_packed_frames
 from stts_jax.models.config import Molmo2Config
 
 Array = jax.Array
@@ -61,7 +61,18 @@ class ViTAttention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, kv: Array | None = None, *, mask: Array | None = None, bias=None) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        kv: Array | None = None,
+        *,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        frame_segments: Array | None = None,
+        frame_len: int = 0,
+    ) -> Array:
+        """mask / bias as in `attend`; or `frame_segments` [batch, slots]: x is a flat packed buffer of
+        frames (<= frame_len slots each) and attention stays within each frame (`attend_packed_frames`)."""
         kv = x if kv is None else kv
         dense = lambda n, name: nn.Dense(
             n, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name
@@ -69,7 +80,10 @@ class ViTAttention(nn.Module):
         q = dense(self.num_heads * self.head_dim, "q")(x).reshape(*x.shape[:2], self.num_heads, self.head_dim)
         k = dense(self.num_kv_heads * self.head_dim, "k")(kv).reshape(*kv.shape[:2], self.num_kv_heads, -1)
         v = dense(self.num_kv_heads * self.head_dim, "v")(kv).reshape(*kv.shape[:2], self.num_kv_heads, -1)
-        out = attend(q, k, v, mask=mask, bias=bias, impl=self.attention_impl)
+        if frame_segments is not None:
+            out = attend_packed_frames(q, k, v, frame_segments, frame_len, self.attention_impl)
+        else:
+            out = attend(q, k, v, mask=mask, bias=bias, impl=self.attention_impl)
         return dense(self.out_features or x.shape[-1], "o")(out.reshape(*x.shape[:2], -1))
 
 

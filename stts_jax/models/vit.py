@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,15 +15,16 @@ Array = jax.Array
 
 
 class ViTBlock(nn.Module):
-    """Pre-LN block: x + attn(LN(x)); x + MLP(LN(x)). Optional per-key attention bias and mask."""
+    """Pre-LN block: x + attn(LN(x)); x + MLP(LN(x)). Attention options as in `ViTAttention`."""
 
     cfg: Molmo2Config
 
     @nn.compact
-    def __call__(self, x: Array, _unused=None, *, mask: Array | None = None, bias: Array | None = None):
+    def __call__(self, x: Array, _unused=None, **attention_kwargs):
         v = self.cfg.vision
         kw = dtypes(self.cfg)
-        h = nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name="layer_norm1", **kw)(x)
+        norm = lambda name: nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name=name, **kw)
+        h = norm("layer_norm1")(x)
         x = x + ViTAttention(
             v.num_attention_heads,
             v.num_key_value_heads,
@@ -30,9 +33,8 @@ class ViTBlock(nn.Module):
             attention_impl=self.cfg.attention_impl,
             name="attn",
             **kw,
-        )(h, mask=mask, bias=bias)
-        h = nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name="layer_norm2", **kw)(x)
-        h = nn.Dense(v.intermediate_size, name="fc1", **kw)(h)
+        )(h, **attention_kwargs)
+        h = nn.Dense(v.intermediate_size, name="fc1", **kw)(norm("layer_norm2")(x))
         x = x + nn.Dense(v.hidden_size, name="fc2", **kw)(gelu_tanh(h))
         return x, None
 
@@ -40,44 +42,53 @@ class ViTBlock(nn.Module):
 class VisionTransformer(nn.Module):
     """Patches [frames, patches, patch_dim] -> the feature layers the connector asks for.
 
-    Only `cfg.vit_depth` blocks are run. Returns (features, out): features [frames, patches,
-    hidden * len(feature layers)] in the adapter's layer order; out["vit/block_{d}"] is the hidden
-    state after d blocks for each depth d the adapter reads.
+    Only `cfg.vit_depth` blocks are run. `__call__` returns (features, out): features [frames,
+    patches, hidden * len(feature layers)] in the adapter's layer order; out["vit/block_{d}"] is the
+    hidden state after d blocks for each depth d the adapter reads. `embed` and `run` expose the
+    pieces so that STTS can cut the stack.
     """
 
     cfg: Molmo2Config
 
-    @nn.compact
-    def __call__(self, patches: Array) -> tuple[Array, dict[str, Array]]:
+    def setup(self):
         v = self.cfg.vision
         kw = dtypes(self.cfg)
-        x = nn.Dense(v.hidden_size, name="patch_embedding", **kw)(patches.astype(kw["dtype"]))
-        pos = self.param(
-            "positional_embedding",
-            nn.initializers.normal(0.02),
-            (v.num_patches, v.hidden_size),
-            kw["param_dtype"],
+        self.patch_embedding = nn.Dense(v.hidden_size, **kw)
+        self.positional_embedding = self.param(
+            "positional_embedding", nn.initializers.normal(0.02), (v.num_patches, v.hidden_size), kw["param_dtype"]
         )
-        x = x + pos.astype(x.dtype)[None]
-        block = ViTBlock(self.cfg, parent=None)
-        blocks = self.param("blocks", init_stacked(block, self.cfg.vit_depth, x[:1, :1]))
-        out = {"vit/block_0": x}
-        done = 0
-        for depth in sorted(set(self.cfg.vit_feature_depths)):
-            x, _ = self.run_blocks(blocks, x, done, depth)
-            out[f"vit/block_{depth}"] = x
-            done = depth
-        features = jnp.concatenate([out[f"vit/block_{d}"] for d in self.cfg.vit_feature_depths], axis=-1)
-        return features, out
+        sample = jnp.zeros((1, 1, v.hidden_size), kw["dtype"])
+        self.blocks = self.param("blocks", init_stacked(ViTBlock(self.cfg, parent=None), self.cfg.vit_depth, sample))
 
-    def run_blocks(self, blocks, x: Array, start: int, stop: int, **kwargs) -> tuple[Array, None]:
-        return run_stack(
-            ViTBlock(self.cfg, parent=None),
-            blocks,
-            x,
-            start=start,
-            stop=stop,
-            scan=self.cfg.scan_layers,
-            remat_policy=self.cfg.remat_policy,
-            **kwargs,
-        )
+    def embed(self, patches: Array) -> Array:
+        """[frames, patches, patch_dim] -> [frames, patches, hidden] with position embeddings added."""
+        x = self.patch_embedding(patches.astype(jnp.dtype(self.cfg.dtype)))
+        return x + self.positional_embedding.astype(x.dtype)[None]
+
+    def run(self, x: Array, start: int, stop: int, keep_depths: Iterable[int] = (), **attention_kwargs):
+        """Blocks start..stop-1 on x; returns (x, {depth: hidden after `depth` blocks} for keep_depths)."""
+        kept = {}
+        done = start
+        for depth in sorted({d for d in keep_depths if start <= d <= stop} | {stop}):
+            x, _ = run_stack(
+                ViTBlock(self.cfg, parent=None),
+                self.blocks,
+                x,
+                start=done,
+                stop=depth,
+                scan=self.cfg.scan_layers,
+                remat_policy=self.cfg.remat_policy,
+                **attention_kwargs,
+            )
+            kept[depth] = x
+            done = depth
+        return x, {d: kept[d] for d in keep_depths if d in kept}
+
+    def features(self, hidden: dict[int, Array]) -> Array:
+        """The adapter's input: the feature-layer hidden states concatenated in its order."""
+        return jnp.concatenate([hidden[d] for d in self.cfg.vit_feature_depths], axis=-1)
+
+    def __call__(self, patches: Array) -> tuple[Array, dict[str, Array]]:
+        x = self.embed(patches)
+        _, hidden = self.run(x, 0, self.cfg.vit_depth, keep_depths={0, *self.cfg.vit_feature_depths})
+        return self.features(hidden), {f"vit/block_{d}": h for d, h in hidden.items()}
