@@ -35,6 +35,6 @@ setup(
     ],
     extras_require={
         "hf": HF_REQUIRES,
-        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14"],
+        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100"],
     },
 )

@@ -32,3 +32,49 @@ def tiny_hf(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny_hf"))
     model.save_pretrained(path)
     return cfg, model, path
+
+
+def stts_batch(cfg, rows: list[list[int]], frames: int, seq: int, seed: int = 0):
+    """A VideoBatch of packed rows for the pruning path: rows[r] lists the frame counts of the videos
+    packed in row r (one example each: text, per frame a timestamp, <frame_start>, one placeholder
+    per window, <frame_end>, then a question). Frame slots past the row's videos are padding."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from stts_jax.data.pooling import pooling_windows, video_pooling_indices
+    from stts_jax.models.vlm import VideoBatch
+
+    rng = np.random.default_rng(seed)
+    grid = cfg.vision.patch_grid
+    windows = len(pooling_windows(*grid))
+    ids = np.zeros((len(rows), seq), np.int32)
+    segments = np.zeros_like(ids)
+    positions = np.zeros_like(ids)
+    frame_video_ids = np.zeros((len(rows), frames), np.int32)
+    for r, videos in enumerate(rows):
+        tokens, segs, slot = [], [], 0
+        for example, length in enumerate(videos, start=1):
+            example_ids = list(rng.integers(3, cfg.text.vocab_size, size=3))
+            for _ in range(length):
+                example_ids += [int(rng.integers(3, cfg.text.vocab_size)), cfg.frame_start_token_id]
+                example_ids += [cfg.image_patch_id] * windows + [cfg.frame_end_token_id]
+            example_ids += list(rng.integers(3, cfg.text.vocab_size, size=int(rng.integers(3, 7))))
+            positions[r, len(tokens) : len(tokens) + len(example_ids)] = np.arange(len(example_ids))
+            tokens += example_ids
+            segs += [example] * len(example_ids)
+            frame_video_ids[r, slot : slot + length] = example
+            slot += length
+        assert len(tokens) <= seq and slot <= frames
+        ids[r, : len(tokens)] = tokens
+        segments[r, : len(segs)] = segs
+    pooling = video_pooling_indices(frames, *grid)
+    return VideoBatch(
+        input_ids=jnp.asarray(ids),
+        segment_ids=jnp.asarray(segments),
+        positions=jnp.asarray(positions),
+        pixel_values=jnp.asarray(
+            rng.normal(size=(len(rows), frames, grid[0] * grid[1], cfg.vision.patch_dim)), jnp.float32
+        ),
+        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (len(rows), *pooling.shape)),
+        frame_video_ids=jnp.asarray(frame_video_ids),
+    )

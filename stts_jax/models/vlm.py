@@ -184,9 +184,9 @@ class Molmo2(nn.Module):
         out["stts/llm_overflow"] = overflow
         return tokens, video, out
 
-    def __call__(self, batch: VideoBatch, cache=None) -> tuple[Array, dict]:
-        """Full forward (training, scoring, or prefill into `cache` from slot 0)."""
-        tokens, video, out = self.prepare(batch)
+    def llm(self, tokens: dict[str, Array], video: Array, cache=None) -> tuple[Array, Array, Array]:
+        """Logits of the LLM over `tokens` (input_ids, segment_ids, positions: [batch, seq]) with the
+        row's k-th `video` token [batch, k, dim] added to its k-th placeholder -> (logits, hidden, cache)."""
         input_ids, segment_ids = tokens["input_ids"], tokens["segment_ids"]
         embeddings = self.embed_with_video(input_ids, video)
         blocks = self.vision_block_ids(input_ids, segment_ids)
@@ -200,10 +200,16 @@ class Molmo2(nn.Module):
                 segment_ids, widen(segment_ids), slots[:, : blocks.shape[1]], slots, blocks, widen(blocks)
             )
         hidden, cache = self.text(embeddings, tokens["positions"], segments, cache, 0)
+        return self.lm_head(hidden), hidden, cache
+
+    def __call__(self, batch: VideoBatch, cache=None) -> tuple[Array, dict]:
+        """Full forward (training, scoring, or prefill into `cache` from slot 0)."""
+        tokens, video, out = self.prepare(batch)
+        logits, hidden, cache = self.llm(tokens, video, cache)
         out.update({f"llm/{k}": v for k, v in tokens.items()})
         out["llm/hidden"] = hidden
         out["cache"] = cache
-        return self.lm_head(hidden), out
+        return logits, out
 
     def decode(self, input_ids: Array, positions: Array, segments: SegmentMask, cache, cache_index):
         """One step of text tokens [batch, 1] written at `cache_index`; returns (logits, cache)."""

@@ -1,0 +1,178 @@
+"""STTS inside the VLM: packed == dense reference, in-graph removal == host-built sequence, k = 0,
+gradients, no recompilation, bad configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import stts_batch
+
+from stts_jax.data.pooling import pooling_windows
+from stts_jax.models import Molmo2, get_config
+from stts_jax.models.config import ConfigError, STTSConfig
+from stts_jax.models.vit import VisionTransformer
+from stts_jax.stts.scorer import patch_windows
+
+ROWS = [[3, 1], [2]]  # row 0 packs a 3-frame video and an image; row 1 has one video and a padding slot
+FRAMES, SEQ = 4, 96
+RNG = {"stts": jax.random.key(7)}
+
+
+def stts_config(**changes):
+    """tiny with STTS after block 1: blocks 0-1 dense, block 2 biased, blocks 3-4 packed; the adapter
+    reads depth 3 (dense side) and depth 5 (packed side)."""
+    fields = {"method": "stts", "prune_ratio": 0.5, "layer": 1, "max_videos_per_row": 2} | changes
+    return get_config("tiny", stts=STTSConfig(**fields))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = stts_config()
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
+    params = jax.jit(Molmo2(cfg).init)({"params": jax.random.key(0), **RNG}, batch)["params"]
+    return cfg, batch, params
+
+
+def test_packed_blocks_equal_dense_reference_on_kept_tokens(setup):
+    cfg, batch, params = setup
+    logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
+    keep = np.asarray(out["stts/keep"])
+    b, f = keep.shape[:2]
+    # The budget really pruned, unevenly across frames.
+    assert keep.sum() < keep.size and 0 < np.asarray(out["stts/kept_windows"]).min()
+    rows, cols = cfg.vision.patch_grid
+    patch_keep = keep[:, :, patch_windows(pooling_windows(rows, cols), rows * cols)].reshape(b * f, -1)
+    # Dense reference: blocks l+2.. over every patch, keys restricted to kept patches of the same frame.
+    mask = jnp.asarray(patch_keep)[:, None, None, :]
+    start = cfg.stts.layer + 2
+    dense, _ = VisionTransformer(cfg).apply(
+        {"params": params["vit"]},
+        out[f"vit/block_{start}"],
+        start,
+        cfg.vit_depth,
+        (),
+        mask=mask,
+        method=VisionTransformer.run,
+    )
+    packed = np.asarray(out[f"vit/block_{cfg.vit_depth}"])
+    np.testing.assert_allclose(packed[patch_keep], np.asarray(dense)[patch_keep], atol=1e-5)
+    assert (packed[~patch_keep] == 0).all()
+
+
+def _host_shortened(cfg, batch, keep, length):
+    """The reference: drop pruned placeholders on the host, renumber positions per example."""
+    ids, segs = np.asarray(batch.input_ids), np.asarray(batch.segment_ids)
+    keep = np.asarray(keep).reshape(len(ids), -1)
+    out = {k: np.zeros((len(ids), length), np.int32) for k in ("input_ids", "segment_ids", "positions")}
+    for r in range(len(ids)):
+        kept, rank, position, previous = [], 0, 0, None
+        for token, seg in zip(ids[r], segs[r], strict=True):
+            if seg == 0:
+                continue
+            if token == cfg.image_patch_id:
+                rank += 1
+                if not keep[r, rank - 1]:
+                    continue
+            position = 0 if seg != previous else position + 1
+            previous = seg
+            kept.append((token, seg, position))
+        for i, (token, seg, position) in enumerate(kept):
+            out["input_ids"][r, i], out["segment_ids"][r, i], out["positions"][r, i] = token, seg, position
+    return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("policy", ["renumber", "keep"])
+def test_in_graph_removal_equals_host_built_sequence(policy):
+    cfg = stts_config(position_policy=policy, llm_seq_len=64)
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=1)
+    model = Molmo2(cfg)
+    params = jax.jit(model.init)({"params": jax.random.key(0), **RNG}, batch)["params"]
+    logits, out = jax.jit(lambda p, b: model.apply({"params": p}, b, rngs=RNG))(params, batch)
+    assert logits.shape[1] == 64 and not np.asarray(out["stts/llm_overflow"]).any()
+    tokens = _host_shortened(cfg, batch, out["stts/keep"], 64)
+    if policy == "keep":  # original positions of the surviving tokens, gathered on the host
+        keep_mask = np.asarray(out["stts/keep"]).reshape(2, -1)
+        ids, segs, pos = (np.asarray(x) for x in (batch.input_ids, batch.segment_ids, batch.positions))
+        rank = np.cumsum(ids == cfg.image_patch_id, axis=1) - 1
+        survive = (segs != 0) & ((ids != cfg.image_patch_id) | np.take_along_axis(keep_mask, np.maximum(rank, 0), 1))
+        kept_pos = np.zeros((2, 64), np.int32)
+        for r in range(2):
+            kept_pos[r, : survive[r].sum()] = pos[r][survive[r]]
+        tokens["positions"] = jnp.asarray(kept_pos)
+    for name in ("input_ids", "segment_ids", "positions"):
+        np.testing.assert_array_equal(np.asarray(out[f"llm/{name}"]), np.asarray(tokens[name]), err_msg=name)
+    reference, _, _ = model.apply({"params": params}, tokens, out["connector/tokens"], method=Molmo2.llm)
+    real = np.asarray(tokens["segment_ids"]) != 0
+    np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(reference)[real], atol=1e-5)
+
+
+def test_overflow_is_reported():
+    cfg = stts_config(llm_seq_len=40)
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
+    params = jax.jit(Molmo2(cfg).init)({"params": jax.random.key(0), **RNG}, batch)["params"]
+    _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch, rngs=RNG))(params)
+    assert np.asarray(out["stts/llm_overflow"]).any()
+
+
+def test_zero_ratio_through_the_pruning_path_reproduces_the_unpruned_model():
+    base = get_config("tiny")
+    batch = stts_batch(base, ROWS, FRAMES, SEQ, seed=2)
+    params = jax.jit(Molmo2(base).init)(jax.random.key(0), batch)["params"]
+    plain, _ = jax.jit(Molmo2(base).apply)({"params": params}, batch)
+    for method in ("random", "heuristic"):
+        cfg = stts_config(method=method, prune_ratio=0.0)
+        logits, out = jax.jit(lambda p, b, cfg=cfg: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
+        assert np.asarray(out["stts/keep"])[np.asarray(batch.frame_video_ids) > 0].all()
+        real = np.asarray(batch.segment_ids) != 0
+        np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
+
+
+def _scorer_grads(cfg, params, batch, loss_kind):
+    def loss(p):
+        logits, out = Molmo2(cfg).apply({"params": p}, batch, rngs=RNG)
+        task = jnp.mean(jax.nn.log_softmax(logits)[..., 0] * (out["llm/segment_ids"] > 0))
+        return task if loss_kind == "task" else out["stts/aux_loss"]
+
+    grads = jax.jit(jax.grad(loss))(params)["scorer"]
+    return max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
+
+
+def test_gradients_reach_the_scorer_through_bias_and_aux_only(setup):
+    cfg, batch, params = setup
+    assert _scorer_grads(cfg, params, batch, "task") > 0  # through the log-score bias of block l+1
+    assert _scorer_grads(cfg, params, batch, "aux") > 0
+    # bias_min = 1 makes the bias identically 0: the task loss then has no path to the scorer, so
+    # nothing flows through the hard selection.
+    assert (
+        _scorer_grads(dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, bias_min=1.0)), params, batch, "task")
+        == 0
+    )
+
+
+def test_no_recompile_across_scores_and_frame_counts(setup):
+    cfg, _, params = setup
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(params, batch):
+        return Molmo2(cfg).apply({"params": params}, batch, rngs=RNG)[0]
+
+    first = forward(params, stts_batch(cfg, ROWS, FRAMES, SEQ, seed=3))
+    second = forward(params, stts_batch(cfg, [[2, 2], [4]], FRAMES, SEQ, seed=4))  # other frame counts
+    assert first.shape == second.shape
+
+
+def test_bad_stts_configs_name_the_field():
+    with pytest.raises(ConfigError, match="stts.prune_ratio"):
+        stts_config(prune_ratio=1.0)
+    with pytest.raises(ConfigError, match="stts.layer"):
+        stts_config(layer=4)  # tiny runs 5 blocks: block l+1 must exist
+    with pytest.raises(ConfigError, match="stts.window_size"):
+        stts_config(window_size=(2, 2))
+    with pytest.raises(ConfigError, match="stts.method"):
+        stts_config(method="tome")
