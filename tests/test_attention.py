@@ -66,3 +66,50 @@ def test_jax_dot_product_attention_equals_xla_with_bias_and_mask():
     bias = jnp.asarray(np.log(rng.uniform(np.exp(-2), 1, size=(2, 1, 1, 24))), jnp.float32)
     reference = attend(q, k, v, mask=mask, bias=bias, impl="xla")
     np.testing.assert_allclose(attend(q, k, v, mask=mask, bias=bias, impl="jax"), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["xla", "splash"])
+def test_packed_frame_attention_equals_dense_segment_mask(impl):
+    """Frames of <= 49 slots laid flat across 128-slot chunks: the chunked (XLA) and banded (splash)
+    paths equal full attention under the dense same-frame mask."""
+    from stts_jax.models.attention import attend_packed_frames
+
+    rng = np.random.default_rng(2)
+    slots, frame_len = 384, 49
+    segments = np.zeros((2, slots), np.int32)
+    for row in range(2):
+        start, frame = 0, 1
+        while True:
+            size = int(rng.integers(1, frame_len + 1))
+            if start + size > slots - 20:
+                break
+            segments[row, start : start + size] = frame
+            start, frame = start + size, frame + 1
+    segments = jnp.asarray(segments)
+    q, k, v = _qkv(rng, slots)
+    dense_mask = make_attention_mask(SegmentMask.self_attention(segments, causal=False))
+    reference = attend(q, k, v, mask=dense_mask, impl="xla")
+    got = jax.jit(lambda q, k, v: attend_packed_frames(q, k, v, segments, frame_len, impl))(q, k, v)
+    real = np.asarray(segments) != 0
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(reference)[real], atol=1e-5)
+
+
+def test_score_bias_rescales_per_frame_and_spares_first_frames():
+    from stts_jax.data.pooling import pooling_windows
+    from stts_jax.models.config import STTSConfig
+    from stts_jax.stts.scorer import patch_windows, score_bias
+
+    windows = pooling_windows(7, 7)
+    owner = patch_windows(windows, 49)
+    rng = np.random.default_rng(3)
+    scores = jnp.asarray(rng.uniform(0.2, 0.9, size=(1, 3, 9)), jnp.float32)
+    times = jnp.asarray([[0, 1, 0]])  # a 2-frame video, then an image
+    real = jnp.asarray([[True, True, True]])
+    bias = np.asarray(score_bias(scores, owner, (7, 7), times, real, STTSConfig()))
+    assert (bias[0, 0] == 0).all() and (bias[0, 2] == 0).all()
+    np.testing.assert_allclose([bias[0, 1].min(), bias[0, 1].max()], [-2.0, 0.0], atol=1e-6)
+    # monotone in the score, shared by the patches of a window
+    frame = np.asarray(scores)[0, 1][owner]
+    assert (np.diff(bias[0, 1][np.argsort(frame)]) >= -1e-7).all()
+    rows = np.asarray(score_bias(scores, owner, (7, 7), times, real, STTSConfig(bias_granularity="row")))
+    np.testing.assert_allclose(rows[0, 1].reshape(7, 7).min(-1), -2.0, atol=1e-6)  # every patch row spans [-2, 0]

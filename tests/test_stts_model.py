@@ -177,3 +177,15 @@ def test_bad_stts_configs_name_the_field():
         stts_config(window_size=(2, 2))
     with pytest.raises(ConfigError, match="stts.method"):
         stts_config(method="tome")
+
+
+def test_generation_after_pruning_continues_the_compacted_prompt(setup):
+    from stts_jax.models.generate import greedy_generate
+
+    cfg, batch, params = setup
+    cfg = dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, llm_seq_len=64))
+    logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
+    last = np.asarray((out["llm/segment_ids"] != 0).sum(-1) - 1)
+    expected_first = np.asarray(logits)[np.arange(2), last].argmax(-1)
+    tokens = np.asarray(greedy_generate(cfg, params, batch, 4))
+    np.testing.assert_array_equal(tokens[:, 0], expected_first)

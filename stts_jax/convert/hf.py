@@ -358,6 +358,7 @@ def batch_from_hf_inputs(cfg: Molmo2Config, inputs: Mapping[str, Any]) -> VideoB
         positions=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)),
         pixel_values=jnp.asarray(pixel_rows),
         pooling_idx=jnp.asarray(pooling_rows),
+        frame_video_ids=jnp.asarray((np.arange(frames.max())[None] < frames[:, None]).astype(np.int32)),
     )
 
 

@@ -1,0 +1,1 @@
+"""Efficiency measurements: FLOPs from XLA's cost analysis, packing efficiency, timings."""
