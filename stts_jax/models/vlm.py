@@ -146,6 +146,9 @@ class Molmo2(nn.Module):
                 "stts/keep": keep,
                 "stts/packing_efficiency": packing.packing_efficiency(plan),
                 "stts/kept_windows": keep.sum((1, 2)),
+                # More kept windows than the static buffer holds (a row with more videos than
+                # stts.max_videos_per_row): kept tokens were cut, which the caller must treat as an error.
+                "stts/vit_overflow": keep.sum((1, 2)) > capacity,
                 "vit/packed_segment_ids": plan.segment_ids,
             }
         )
