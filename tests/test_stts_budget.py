@@ -55,6 +55,10 @@ def test_selection_keeps_exactly_the_budget(case):
             if dropped.any() and (~dropped).any():  # dropped windows score no higher than kept ones
                 s = np.asarray(scores)[r, slots[1:]]
                 assert s[dropped].max() <= s[~dropped].min()
+    # Only runs of equal labels matter: relabelled videos select the same windows.
+    relabelled = np.where(ids > 0, 3 * ids + 10, 0)
+    same = pruning.select_windows(scores, jnp.asarray(relabelled), budget.prune_table(frames, WINDOWS, ratio))
+    np.testing.assert_array_equal(np.asarray(same), keep)
     capacity = budget.kept_capacity(frames, WINDOWS, ratio, max_videos)
     assert keep.reshape(batch, -1).sum(-1).max() <= capacity, "the static kept-window buffer never overflows"
 

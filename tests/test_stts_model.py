@@ -119,8 +119,16 @@ def test_overflow_is_reported():
     params = jax.jit(Molmo2(cfg).init)({"params": jax.random.key(0), **RNG}, batch)["params"]
     _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch, rngs=RNG))(params)
     np.testing.assert_array_equal(np.asarray(out["stts/llm_overflow"]), [True, False])
-    # Row 0 packs two videos (3 frames + an image) while the buffer is sized for one: 23 > 18 + 1.
+    # Row 0 packs two videos (3 frames + an image) while the buffer is sized for one: 23 > 18.
     np.testing.assert_array_equal(np.asarray(out["stts/vit_overflow"]), [True, False])
+    np.testing.assert_array_equal(np.asarray(out["stts/placeholder_mismatch"]), [False, False])
+    # A row whose prompt lost placeholders (a truncated prompt) no longer matches its frames.
+    ids = np.asarray(batch.input_ids).copy()
+    ids[1, np.flatnonzero(ids[1] == cfg.image_patch_id)[:3]] = 7
+    _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch.replace(input_ids=jnp.asarray(ids)), rngs=RNG))(
+        params
+    )
+    np.testing.assert_array_equal(np.asarray(out["stts/placeholder_mismatch"]), [False, True])
 
 
 def test_zero_ratio_through_the_pruning_path_reproduces_the_unpruned_model():

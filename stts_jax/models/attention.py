@@ -101,8 +101,9 @@ def attend(
     mask: bool, broadcastable to [batch, heads, q_len, kv_len] (True = visible).
     bias: float, added to the logits, broadcastable likewise (e.g. STTS log-scores per key).
     A query with no visible key returns the mean of the values, as transformers' eager path does.
-    impl: "xla" (reference), "jax" (`jax.nn.dot_product_attention`, cuDNN on GPU), "splash" (Pallas
-    TPU kernel; used when there is neither mask nor bias, else the XLA path).
+    impl: "xla" (reference), "jax" (`jax.nn.dot_product_attention`: its cuDNN kernel on GPU for
+    bf16/fp16, else its XLA path), "splash" (Pallas TPU kernel; used when there is neither mask nor
+    bias, else the XLA path).
     """
     if impl == "splash" and mask is None and bias is None:  # plain full attention (the unpacked ViT)
         ones = jnp.ones(query.shape[:2], jnp.int32)
@@ -121,6 +122,7 @@ def attend(
             bias=bias,
             mask=mask,
             scale=scale,
+            implementation="cudnn" if jax.default_backend() == "gpu" and query.dtype != jnp.float32 else None,
         )
     return _xla_attention(query, key, value, mask, bias, scale)
 

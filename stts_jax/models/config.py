@@ -157,7 +157,8 @@ class Molmo2Config:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention_impl: str = "xla"  # "xla": explicit masks (reference); "jax": jax.nn.dot_product_attention
-    # (cuDNN on GPU); "splash": Pallas splash attention with segment ids (TPU, or interpret mode on CPU)
+    # (its cuDNN kernel on GPU for bf16); "splash": Pallas splash attention with segment ids (TPU, or
+    # interpret mode on CPU)
     scan_layers: bool = True  # run the stacked blocks with lax.scan (fast compiles) or unrolled
     remat_policy: str = "none"  # rematerialise each block in the backward pass: none|full|dots|dots_no_batch
     stts: STTSConfig = STTSConfig()

@@ -60,7 +60,10 @@ class Molmo2(nn.Module):
     """Molmo2ForConditionalGeneration (+ STTS). `__call__(batch)` -> (logits [batch, seq, vocab], out).
 
     With pruning, `seq` is `cfg.stts.llm_seq_len` (or the input length) and out["llm/*"] hold the
-    compacted input ids, segment ids and positions the logits refer to.
+    compacted input ids, segment ids and positions the logits refer to. Rows the static buffers
+    cannot represent are flagged, never dropped silently: out["stts/vit_overflow"],
+    out["stts/llm_overflow"] and out["stts/placeholder_mismatch"] (placeholders != windows x real
+    frames); a training or evaluation step must raise on any of them.
     """
 
     cfg: Molmo2Config
@@ -183,9 +186,12 @@ class Molmo2(nn.Module):
         )
         if s.position_policy == "renumber":
             tokens["positions"] = pruning.renumber_positions(batch.positions, batch.segment_ids, survive)
-        tokens, overflow = pruning.compact(survive, tokens, s.llm_seq_len or batch.input_ids.shape[1])
-        out["stts/llm_overflow"] = overflow
-        return tokens, video, out
+        index, out["stts/llm_overflow"] = pruning.compaction_index(survive, s.llm_seq_len or batch.input_ids.shape[1])
+        # Any other per-token array (targets, loss masks) follows with pruning.gather_tokens(x, index).
+        out["llm/source_index"] = index
+        placeholders = (batch.input_ids == self.cfg.image_patch_id).sum(-1)
+        out["stts/placeholder_mismatch"] = placeholders != keep.shape[2] * (batch.frame_video_ids > 0).sum(-1)
+        return {k: pruning.gather_tokens(v, index) for k, v in tokens.items()}, video, out
 
     def llm(self, tokens: dict[str, Array], video: Array, cache=None) -> tuple[Array, Array, Array]:
         """Logits of the LLM over `tokens` (input_ids, segment_ids, positions: [batch, seq]) with the

@@ -14,15 +14,24 @@ import numpy as np
 Array = jax.Array
 
 
+def video_index(frame_video_ids: Array) -> Array:
+    """[b, f]: videos renumbered 1, 2, ... in slot order (0 = padding), whatever labels the rows use;
+    a video is a run of equal positive labels."""
+    real = frame_video_ids > 0
+    previous = jnp.concatenate([jnp.full_like(frame_video_ids[:, :1], -1), frame_video_ids[:, :-1]], axis=1)
+    return jnp.where(real, jnp.cumsum(real & (frame_video_ids != previous), axis=1), 0)
+
+
 def frame_layout(frame_video_ids: Array) -> tuple[Array, Array, Array]:
     """(frame_real [b, f] bool, frame_times [b, f] = index within its video, video_frames [b, f] = T)."""
-    real = frame_video_ids > 0
-    f = frame_video_ids.shape[1]
+    video = video_index(frame_video_ids)
+    real = video > 0
+    f = video.shape[1]
     slots = jnp.arange(f)
-    previous = jnp.concatenate([jnp.full_like(frame_video_ids[:, :1], -1), frame_video_ids[:, :-1]], axis=1)
-    starts = jax.lax.cummax(jnp.where(frame_video_ids != previous, slots, 0), axis=1)
-    counts = jax.vmap(lambda ids: jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=f + 1))(frame_video_ids)
-    video_frames = jnp.take_along_axis(counts, frame_video_ids, axis=1)
+    previous = jnp.concatenate([jnp.full_like(video[:, :1], -1), video[:, :-1]], axis=1)
+    starts = jax.lax.cummax(jnp.where(video != previous, slots, 0), axis=1)
+    counts = jax.vmap(lambda ids: jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=f + 1))(video)
+    video_frames = jnp.take_along_axis(counts, video, axis=1)
     return real, jnp.where(real, slots - starts, 0), jnp.where(real, video_frames, 0)
 
 
@@ -36,7 +45,7 @@ def select_windows(scores: Array, frame_video_ids: Array, prune_table: np.ndarra
     b, f, w = scores.shape
     scores = jax.lax.stop_gradient(scores).astype(jnp.float32)
     rank_score = jnp.where((times > 0)[..., None], scores, jnp.inf).reshape(b, f * w)
-    video = jnp.where(real, frame_video_ids, f + 1)  # padding slots sort after every video
+    video = jnp.where(real, video_index(frame_video_ids), f + 1)  # padding slots sort after every video
     video = jnp.broadcast_to(video[..., None], (b, f, w)).reshape(b, f * w)
     budget = jnp.asarray(prune_table)[video_frames]  # [b, f] windows to drop from this slot's video
     budget = jnp.broadcast_to(budget[..., None], (b, f, w)).reshape(b, f * w)
@@ -78,14 +87,15 @@ def renumber_positions(positions: Array, segment_ids: Array, keep: Array) -> Arr
     return positions - (removed_before - jnp.take_along_axis(at_start, segment_ids, axis=1))
 
 
-def compact(keep: Array, arrays: dict[str, Array], length: int) -> tuple[dict[str, Array], Array]:
-    """Moves the kept tokens of each row to the front of `length` static slots, order preserved.
-
-    keep: [batch, seq] bool; arrays: per-token [batch, seq] arrays (padding slots get 0). Returns the
-    compacted arrays and overflow [batch] bool (the row kept more than `length` tokens; the rest were
-    cut, which the caller must treat as an error).
-    """
+def compaction_index(keep: Array, length: int) -> tuple[Array, Array]:
+    """Source slot of each of `length` output slots: the kept tokens of each row in order, then the
+    input length (a padding source). Returns (index [batch, length], overflow [batch] bool: the row
+    kept more than `length` tokens and the rest were cut, which the caller must treat as an error)."""
     s = keep.shape[1]
     index = jax.vmap(lambda k: jnp.nonzero(k, size=length, fill_value=s)[0])(keep)
-    gather = lambda x: jnp.take_along_axis(jnp.pad(x, ((0, 0), (0, 1))), index, axis=1)
-    return {name: gather(x) for name, x in arrays.items()}, keep.sum(-1) > length
+    return index.astype(jnp.int32), keep.sum(-1) > length
+
+
+def gather_tokens(x: Array, index: Array) -> Array:
+    """A per-token array [batch, seq] moved to `compaction_index` order; padding sources give 0."""
+    return jnp.take_along_axis(jnp.pad(x, ((0, 0), (0, 1))), index, axis=1)

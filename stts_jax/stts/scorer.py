@@ -56,7 +56,15 @@ class Scorer(nn.Module):
         )
         h = jax.nn.silu(dense(hidden, "fc1")(h))
         h = jax.nn.silu(dense(hidden, "fc2")(h))
-        return jax.nn.sigmoid(dense(1, "fc3")(h)[..., 0].astype(jnp.float32))
+        # The last layer in float32: bf16 logits would tie many windows at the budget boundary.
+        logit = nn.Dense(
+            1,
+            kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            dtype=jnp.float32,
+            param_dtype=kw["param_dtype"],
+            name="fc3",
+        )(h.astype(jnp.float32))
+        return jax.nn.sigmoid(logit[..., 0])
 
 
 def temporal_dissimilarity(window_patches: Array, frame_times: Array) -> Array:

@@ -1,0 +1,79 @@
+"""Molmo2's video preprocessing on the host (NumPy): frame sampling, resize, normalisation, patchify.
+
+The same as transformers' `Molmo2VideoProcessor` for the same frames (up to one grey level on the
+rare values where float32 rounding order decides a .5 tie before the uint8 rounding): bilinear resize
+with half-pixel centres and no antialiasing (as torchvision's tensor resize with antialias=False),
+uint8 frames rounded and clamped back to uint8 after resizing, scaled to [0, 1] and normalised with
+mean = std = 0.5, then cut into row-major patches flattened as (patch_row, patch_col, channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MEAN = STD = 0.5
+
+
+def sample_frames(
+    num_frames: int,
+    fps: float,
+    max_frames: int,
+    max_fps: float = 2.0,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which frames of a video to use -> (frame indices [T], timestamps in seconds [T]).
+
+    Frames at most `max_fps` per second within [start, end]; if that gives more than `max_frames`,
+    `max_frames` frames uniformly spread over the clip, always including its last frame.
+    """
+    if num_frames <= 0 or fps <= 0:
+        raise ValueError(f"a video needs frames and a positive fps (got {num_frames} frames at {fps} fps)")
+    first = 0 if start is None else max(0, math.ceil(start * fps - 1e-9))
+    last = num_frames - 1 if end is None else min(num_frames - 1, math.floor(end * fps + 1e-9))
+    if last < first:
+        raise ValueError(f"the clip [{start}, {end}] s holds no frame of this {num_frames / fps:.2f} s video")
+    step = max(1.0, fps / max_fps)  # source frames between samples at max_fps
+    count = math.floor((last - first) / step) + 1
+    if count <= max_frames:
+        indices = first + np.floor(np.arange(count) * step + 1e-9).astype(np.int64)
+    else:
+        indices = np.round(np.linspace(first, last, max_frames)).astype(np.int64)
+    return indices, indices / fps
+
+
+def _resize_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation along one axis, half-pixel centres, clamped at the borders."""
+    n = x.shape[axis]
+    # float32 arithmetic in torch's order, so that rounding back to uint8 agrees
+    src = np.maximum(np.float32(n / size) * (np.arange(size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (src - lo).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    w = w.reshape(shape)
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+def resize_normalize(frames: np.ndarray, size: int) -> np.ndarray:
+    """[T, H, W, 3] uint8 (or float in [0, 255]) -> [T, size, size, 3] float32, normalised."""
+    x = frames.astype(np.float32)
+    x = _resize_axis(_resize_axis(x, size, 2), size, 1)  # width first, as torch
+    if frames.dtype == np.uint8:
+        x = np.clip(np.round(x), 0, 255)
+    return ((x / 255.0 - MEAN) / STD).astype(np.float32)
+
+
+def patchify(frames: np.ndarray, patch: int) -> np.ndarray:
+    """[T, H, W, C] -> [T, (H/patch) * (W/patch), patch * patch * C], patches row-major."""
+    t, h, w, c = frames.shape
+    x = frames.reshape(t, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(t, (h // patch) * (w // patch), patch * patch * c)
+
+
+def video_patches(frames: np.ndarray, image_size: int, patch_size: int) -> np.ndarray:
+    """Decoded frames [T, H, W, 3] -> the ViT's input [T, patches, patch_dim]."""
+    return patchify(resize_normalize(frames, image_size), patch_size)
