@@ -58,13 +58,16 @@ def _resize_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
 
 
-def resize_normalize(frames: np.ndarray, size: int) -> np.ndarray:
-    """[T, H, W, 3] uint8 (or float in [0, 255]) -> [T, size, size, 3] float32, normalised."""
+def resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """[T, H, W, 3] uint8 -> [T, size, size, 3] uint8 (resized in float, rounded back, as transformers)."""
     x = frames.astype(np.float32)
     x = _resize_axis(_resize_axis(x, size, 2), size, 1)  # width first, as torch
-    if frames.dtype == np.uint8:
-        x = np.clip(np.round(x), 0, 255)
-    return ((x / 255.0 - MEAN) / STD).astype(np.float32)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def normalize(pixels):
+    """uint8 pixels (NumPy or JAX) -> float32 in [-1, 1]: (x / 255 - 0.5) / 0.5."""
+    return (pixels.astype("float32") / 255.0 - MEAN) / STD
 
 
 def patchify(frames: np.ndarray, patch: int) -> np.ndarray:
@@ -75,5 +78,5 @@ def patchify(frames: np.ndarray, patch: int) -> np.ndarray:
 
 
 def video_patches(frames: np.ndarray, image_size: int, patch_size: int) -> np.ndarray:
-    """Decoded frames [T, H, W, 3] -> the ViT's input [T, patches, patch_dim]."""
-    return patchify(resize_normalize(frames, image_size), patch_size)
+    """Decoded uint8 frames [T, H, W, 3] -> the ViT's input [T, patches, patch_dim] float32."""
+    return normalize(patchify(resize(frames, image_size), patch_size))

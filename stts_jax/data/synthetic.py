@@ -180,7 +180,9 @@ def generate_example(seed: int, index: int, cfg: SyntheticConfig) -> dict:
     elif family == "needle":
         still = scene.still(1 + rng.integers(0, cfg.max_distractors + 1))
         first = int(rng.integers(1, cfg.frames - cfg.needle_frames + 1))
-        needle = scene.add(_Object(*scene.new_identity(), *scene.free_spot(), first=first, last=first + cfg.needle_frames - 1))
+        needle = scene.add(
+            _Object(*scene.new_identity(), *scene.free_spot(), first=first, last=first + cfg.needle_frames - 1)
+        )
         question = "Which object appeared only briefly?"
         pool = [o.name for o in still] + [f"{c} {sh}" for c in COLORS for sh in SHAPES]
         options, answer = _options(rng, needle.name, pool)

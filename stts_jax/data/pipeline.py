@@ -1,0 +1,145 @@
+"""The grain input pipeline: TFDS array_record source -> shuffle/repeat -> Molmo2 preprocessing ->
+LLM sequence packing counted after pruning -> batches in the model's packing contract.
+
+Rows pack several examples (first-fit, `grain.experimental.FirstFitPackIterDataset`) under three
+budgets at once: `llm_seq_len` tokens *after* pruning at the configured ratio (what the LLM runs on),
+`input_seq_len` tokens before it, and `max_frames` frame slots. Packed features come back with
+`*_segment_ids` / `*_positions`, which are the model's `segment_ids` / `positions` for tokens and its
+`frame_video_ids` for frames. Pixels stay uint8 on the host; `to_model_batch` normalises them.
+The iterator's state (`get_state` / `set_state`) is what the checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from typing import Any
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+from grain.experimental import FirstFitPackIterDataset
+from tokenizers import Tokenizer
+
+from stts_jax.data.frames import normalize, patchify, resize
+from stts_jax.data.pooling import pooling_windows, video_pooling_indices
+from stts_jax.data.prompt import video_prompt
+from stts_jax.models.config import Molmo2Config
+from stts_jax.models.vlm import VideoBatch
+from stts_jax.stts import budget
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int = 2  # rows per batch on this host
+    max_frames: int = 16  # frame slots per row (and at most per example)
+    llm_seq_len: int = 512  # LLM tokens per row after pruning
+    prune_ratio: float = 0.0  # the ratio the model prunes at, to count post-pruning lengths
+    max_videos_per_row: int = 2  # examples packed in one row
+    packing_bins: int = 4  # rows filled at once by first-fit
+    seed: int = 0
+    shuffle: bool = True
+    repeat: bool = True
+    strict: bool = False  # raise on an unusable example instead of skipping and counting it
+
+
+def windows_per_frame(cfg: Molmo2Config) -> int:
+    return len(pooling_windows(*cfg.vision.patch_grid, *cfg.adapter.pooling_size))
+
+
+def input_seq_len(cfg: Molmo2Config, p: PipelineConfig) -> int:
+    """Tokens per row before pruning: anything that fits `llm_seq_len` after pruning fits this."""
+    return p.llm_seq_len + budget.pruned_windows(p.max_frames, windows_per_frame(cfg), p.prune_ratio)
+
+
+class Preprocess:
+    """One stored example -> model features, or None (counted, logged) if it cannot be used."""
+
+    def __init__(self, model_cfg: Molmo2Config, pipeline: PipelineConfig, tokenizer: Tokenizer):
+        self.cfg, self.p, self.tokenizer = model_cfg, pipeline, tokenizer
+        self.windows = windows_per_frame(model_cfg)
+        self.skipped: Counter = Counter()
+
+    def _skip(self, example: dict, kind: str, message: str) -> None:
+        name = example["id"].decode() if isinstance(example["id"], bytes) else example["id"]
+        if self.p.strict:
+            raise ValueError(f"example {name}: {message} (strict mode; strict=False skips and counts)")
+        log.warning("skipping example %s: %s", name, message)
+        self.skipped[kind] += 1
+
+    def __call__(self, example: dict) -> dict | None:
+        frames = example["video"]
+        if len(frames) > self.p.max_frames:
+            self._skip(example, "too many frames", f"{len(frames)} frames > max_frames {self.p.max_frames}")
+            return None
+        text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
+        options = [text(o) for o in example["options"]]
+        answer = int(example["answer"]) if options else text(example["answer_text"])
+        prompt = video_prompt(
+            self.tokenizer,
+            self.cfg,
+            example["timestamps"].tolist(),
+            self.windows,
+            text(example["question"]),
+            options,
+            answer,
+        )
+        length = len(prompt["input_ids"]) - budget.pruned_windows(len(frames), self.windows, self.p.prune_ratio)
+        if length > self.p.llm_seq_len:
+            self._skip(example, "too long", f"{length} tokens after pruning > llm_seq_len {self.p.llm_seq_len}")
+            return None
+        v = self.cfg.vision
+        return {
+            "input_ids": prompt["input_ids"],
+            "targets": prompt["targets"],
+            "pixels": patchify(resize(frames, v.image_size[0]), v.patch_size),
+            "llm_tokens": np.ones(length, np.int32),  # occupies the post-pruning budget
+        }
+
+
+def make_dataset(
+    source: Any, model_cfg: Molmo2Config, pipeline: PipelineConfig, tokenizer: Tokenizer
+) -> tuple[grain.IterDataset, Preprocess]:
+    """Batches of packed rows from a random-access `source` (e.g. `tfds.data_source(...)`)."""
+    if model_cfg.vision.image_size[0] != model_cfg.vision.image_size[1]:
+        raise ValueError("Molmo2 frames are square; vision.image_size must have equal sides.")
+    preprocess = Preprocess(model_cfg, pipeline, tokenizer)
+    ds = grain.MapDataset.source(source).seed(pipeline.seed)
+    if pipeline.shuffle:
+        ds = ds.shuffle()
+    if pipeline.repeat:
+        ds = ds.repeat()
+    ds = ds.map(preprocess).filter(lambda x: x is not None).to_iter_dataset()
+    tokens = input_seq_len(model_cfg, pipeline)
+    ds = FirstFitPackIterDataset(
+        ds,
+        length_struct={
+            "input_ids": tokens,
+            "targets": tokens,
+            "pixels": pipeline.max_frames,
+            "llm_tokens": pipeline.llm_seq_len,
+        },
+        num_packing_bins=pipeline.packing_bins,
+        seed=pipeline.seed,
+        shuffle_bins=pipeline.shuffle,
+        max_sequences_per_bin=pipeline.max_videos_per_row,
+    )
+    return ds.batch(pipeline.batch_size, drop_remainder=True), preprocess
+
+
+def to_model_batch(batch: dict, model_cfg: Molmo2Config) -> tuple[VideoBatch, jnp.ndarray]:
+    """A packed host batch -> (VideoBatch, targets [batch, seq]); pixels normalised here (on device)."""
+    b, frames = batch["pixels"].shape[:2]
+    pooling = video_pooling_indices(frames, *model_cfg.vision.patch_grid, *model_cfg.adapter.pooling_size)
+    video = VideoBatch(
+        input_ids=jnp.asarray(batch["input_ids"]),
+        segment_ids=jnp.asarray(batch["input_ids_segment_ids"]),
+        positions=jnp.asarray(batch["input_ids_positions"]),
+        pixel_values=normalize(jnp.asarray(batch["pixels"])),
+        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
+        frame_video_ids=jnp.asarray(batch["pixels_segment_ids"]),
+    )
+    return video, jnp.asarray(batch["targets"])

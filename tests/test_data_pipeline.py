@@ -1,0 +1,175 @@
+"""The data path end to end: synthetic and manifest TFDS builders, preprocessing, packed batches."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from stts_jax.data.builders import (
+    DataError,
+    ManifestBuilderConfig,
+    ManifestVideoQA,
+    SyntheticBuilderConfig,
+    build_synthetic,
+)
+from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch, windows_per_frame
+from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
+from stts_jax.data.tokenizer import synthetic_tokenizer
+from stts_jax.models import get_config
+from stts_jax.stts import budget
+
+SYNTH = SyntheticConfig(frames=6, size=48, object_size=10)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config = SyntheticBuilderConfig(name="small", synthetic=SYNTH, num_examples=(("train", 30), ("test", 12)))
+    builder = build_synthetic(data_dir, config)
+    tokenizer = synthetic_tokenizer(SYNTH.vocabulary())
+    return builder, data_dir, tokenizer
+
+
+def test_synthetic_builder_writes_array_record_read_without_tensorflow(synthetic):
+    builder, data_dir, _ = synthetic
+    source = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="train")
+    assert len(source) == 30
+    ex = source[0]
+    assert ex["video"].shape == (6, 48, 48, 3) and ex["video"].dtype == np.uint8
+    assert ex["masks"].shape == (6, 48, 48)
+    assert 0 <= ex["answer"] < len(ex["options"]) == 4
+    assert {source[i]["family"].decode() for i in range(12)} == set(FAMILIES)
+    train_ids = {source[i]["id"] for i in range(30)}
+    test = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="test")
+    assert not train_ids & {test[i]["id"] for i in range(len(test))}  # disjoint seeds
+    assert not any(f.endswith(".tfrecord") for _, _, files in os.walk(data_dir) for f in files)
+
+
+def _pipeline(synthetic, **changes):
+    _, data_dir, tokenizer = synthetic
+    cfg = get_config("tiny")
+    p = PipelineConfig(batch_size=2, max_frames=8, llm_seq_len=140, prune_ratio=0.5, **changes)
+    source = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="train")
+    ds, pre = make_dataset(source, cfg, p, tokenizer)
+    return cfg, p, ds, pre
+
+
+def test_packed_batches_follow_the_contract(synthetic):
+    cfg, p, ds, _ = _pipeline(synthetic)
+    windows = windows_per_frame(cfg)
+    it = iter(ds)
+    for _ in range(4):
+        batch = next(it)
+        seq = input_seq_len(cfg, p)
+        assert batch["input_ids"].shape == (2, seq) and batch["pixels"].shape == (2, 8, 49, 108)
+        for r in range(2):
+            segs, frames = batch["input_ids_segment_ids"][r], batch["pixels_segment_ids"][r]
+            ids = batch["input_ids"][r]
+            pruned_total = 0
+            for s in set(segs[segs > 0].tolist()):
+                t = int((frames == s).sum())
+                # the whole example is in this row: its placeholders match its frames
+                assert (ids[segs == s] == cfg.image_patch_id).sum() == windows * t
+                assert batch["input_ids_positions"][r][segs == s].tolist() == list(range((segs == s).sum()))
+                pruned_total += budget.pruned_windows(t, windows, p.prune_ratio)
+            assert (segs > 0).sum() - pruned_total <= p.llm_seq_len  # post-pruning budget respected
+            assert len(set(segs[segs > 0].tolist())) <= p.max_videos_per_row
+        video, targets = to_model_batch(batch, cfg)
+        assert video.pixel_values.dtype == np.float32 and float(np.abs(video.pixel_values).max()) <= 1.0
+        assert int(targets.sum()) > 0
+
+
+def test_iteration_is_deterministic_and_resumes_from_state(synthetic):
+    first = [next(it) for it in [iter(_pipeline(synthetic)[2])] for _ in range(5)]
+    again = iter(_pipeline(synthetic)[2])
+    for expected in first[:2]:
+        np.testing.assert_array_equal(next(again)["input_ids"], expected["input_ids"])
+    state = again.get_state()
+    resumed = iter(_pipeline(synthetic)[2])
+    resumed.set_state(json.loads(json.dumps(state)))  # what a checkpoint stores
+    for expected in first[2:]:
+        got = next(resumed)
+        for key in ("input_ids", "pixels", "pixels_segment_ids"):
+            np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_examples_too_long_are_skipped_and_counted_or_refused(synthetic):
+    cfg, _, _, pre = _pipeline(synthetic)
+    pre_short = pre.__class__(cfg, PipelineConfig(llm_seq_len=20, prune_ratio=0.5, max_frames=8), pre.tokenizer)
+    source = tfds.data_source("synthetic_video_qa/small", data_dir=synthetic[1], split="train")
+    assert pre_short(source[0]) is None and pre_short.skipped["too long"] == 1
+    strict = pre.__class__(cfg, PipelineConfig(llm_seq_len=20, strict=True), pre.tokenizer)
+    with pytest.raises(ValueError, match="llm_seq_len 20"):
+        strict(source[0])
+
+
+def _write_mp4(path, frames, fps, size=(48, 64)):
+    import av
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((*size, 3), (i * 25) % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_mp4(str(videos / "ten_fps.mp4"), 30, 10)  # 3 s -> 6 frames at 2 fps
+    _write_mp4(str(videos / "four_fps.mp4"), 12, 4)  # 3 s -> 6 frames
+    _write_mp4(str(videos / "clip.mp4"), 100, 10)  # 10 s, clipped to [2, 4] s
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    lines = [
+        {"id": "a", "video": "videos/ten_fps.mp4", "question": "Is it bright?", "options": ["yes", "no"], "answer": 1},
+        {"id": "b", "video": "videos/four_fps.mp4", "question": "What is shown?", "answer": "a grey card"},
+        {
+            "id": "c",
+            "video": "videos/clip.mp4",
+            "question": "q",
+            "options": ["x", "y"],
+            "answer": 0,
+            "start": 2,
+            "end": 4,
+        },
+        {"id": "d", "video": "videos/corrupt.mp4", "question": "q", "options": ["x"], "answer": 0},
+        {"id": "e", "video": "videos/nowhere.mp4", "question": "q", "options": ["x"], "answer": 0},
+        {"id": "f", "video": "videos/ten_fps.mp4", "question": "q", "options": ["x", "y"], "answer": 2},
+        {"id": "g", "video": "videos/ten_fps.mp4", "options": ["x"], "answer": 0},
+    ]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    config = ManifestBuilderConfig(name="toy", manifests=(("train", str(manifest)),))
+    builder = ManifestVideoQA(data_dir=str(tmp_path / "data"), config=config, file_format="array_record")
+    builder.download_and_prepare()
+    source = tfds.data_source("manifest_video_qa/toy", data_dir=str(tmp_path / "data"), split="train")
+    got = {source[i]["id"].decode(): source[i] for i in range(len(source))}
+    assert sorted(got) == ["a", "b", "c"]
+    assert got["a"]["video"].shape == (6, 48, 64, 3) and got["b"]["video"].shape[0] == 6
+    np.testing.assert_allclose(got["c"]["timestamps"], [2.0, 2.5, 3.0, 3.5, 4.0])
+    assert got["b"]["answer"] == -1 and got["b"]["answer_text"] == b"a grey card"
+    report = json.loads((Path(builder.data_dir) / "skipped.json").read_text())
+    assert report == {
+        "train": {
+            "unreadable video": 1,
+            "missing file": 1,
+            "answer out of range": 1,
+            "missing field": 1,
+            "malformed line": 1,
+        }
+    }
+    strict = ManifestBuilderConfig(name="strict", manifests=(("train", str(manifest)),), strict=True)
+    with pytest.raises(DataError, match=r"train.jsonl:4: .*corrupt.mp4"):
+        ManifestVideoQA(
+            data_dir=str(tmp_path / "strict"), config=strict, file_format="array_record"
+        ).download_and_prepare()
