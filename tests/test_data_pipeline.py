@@ -173,3 +173,16 @@ def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
         ManifestVideoQA(
             data_dir=str(tmp_path / "strict"), config=strict, file_format="array_record"
         ).download_and_prepare()
+
+
+def test_hosts_read_disjoint_shards(synthetic):
+    _, data_dir, tokenizer = synthetic
+    cfg = get_config("tiny")
+    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=140, max_videos_per_row=1, shuffle=False, repeat=False)
+    source = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="train")
+    seen = []
+    for host in range(2):
+        ds, _ = make_dataset(source, cfg, p, tokenizer, shard_index=host, shard_count=2)
+        seen.append({b["pixels"][0][b["pixels_segment_ids"][0] > 0].tobytes() for b in ds})  # the video identifies it
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert len(seen[0]) + len(seen[1]) == 30

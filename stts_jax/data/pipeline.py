@@ -101,13 +101,26 @@ class Preprocess:
 
 
 def make_dataset(
-    source: Any, model_cfg: Molmo2Config, pipeline: PipelineConfig, tokenizer: Tokenizer
+    source: Any,
+    model_cfg: Molmo2Config,
+    pipeline: PipelineConfig,
+    tokenizer: Tokenizer,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
 ) -> tuple[grain.IterDataset, Preprocess]:
-    """Batches of packed rows from a random-access `source` (e.g. `tfds.data_source(...)`)."""
+    """Batches of packed rows from a random-access `source` (e.g. `tfds.data_source(...)`).
+
+    Each host reads its own shard of the source (default: `jax.process_index()` of
+    `jax.process_count()`), so hosts never see the same example in an epoch.
+    """
+    import jax
+
     if model_cfg.vision.image_size[0] != model_cfg.vision.image_size[1]:
         raise ValueError("Molmo2 frames are square; vision.image_size must have equal sides.")
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
     preprocess = Preprocess(model_cfg, pipeline, tokenizer)
-    ds = grain.MapDataset.source(source).seed(pipeline.seed)
+    ds = grain.MapDataset.source(source)[shard_index::shard_count].seed(pipeline.seed)
     if pipeline.shuffle:
         ds = ds.shuffle()
     if pipeline.repeat:

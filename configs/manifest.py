@@ -1,0 +1,39 @@
+"""STTS on any video-QA set written as a JSONL manifest (see README, "Real datasets").
+
+For the training entry point (issue #5), e.g.:
+  python -m stts_jax.train --config=configs/manifest.py:variant=molmo2-4b,prune_ratio=0.5 \
+      --config.data.train_manifest=/data/nextqa/train.jsonl --config.data.eval_manifest=/data/nextqa/val.jsonl \
+      --workdir=gs://bucket/runs/nextqa_k05
+
+Arguments: variant, method, prune_ratio, max_frames (per video; 64 in the paper), seed.
+"""
+
+import ml_collections
+
+from stts_jax.configs import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, variant="molmo2-4b", method="stts", prune_ratio=0.5, max_frames=64, seed=0)
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "bfloat16", "param_dtype": "float32"})
+    config.stts = ml_collections.ConfigDict(
+        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": 2}
+    )
+    config.data = ml_collections.ConfigDict(
+        {
+            "dataset": "manifest_video_qa",
+            "data_dir": "/tmp/stts_jax_data",
+            "train_manifest": "",  # required: --config.data.train_manifest=PATH
+            "eval_manifest": "",
+            "video_frames": a.max_frames,  # sampled per video (at most 2 fps)
+            "batch_size": 64,
+            "max_frames": 2 * a.max_frames,  # frame slots per row: about two examples per row
+            "llm_seq_len": 9686,  # the paper's sequence length
+            "max_videos_per_row": 2,
+            "packing_bins": 8,
+            "seed": a.seed,
+            "strict": False,
+        }
+    )
+    return config

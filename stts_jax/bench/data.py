@@ -1,0 +1,154 @@
+"""Input-pipeline throughput on this machine, next to the `tiny` model's gradient step.
+
+  python -m stts_jax.bench.data [--batches 20]
+
+Builds a small synthetic set and a manifest of mp4 files written with PyAV (in a temporary
+directory), runs the grain pipeline (decode -> preprocess -> pack -> batch) and prints examples/s,
+then times the jitted forward+backward of `tiny` with STTS on the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
+from stts_jax.data.pipeline import PipelineConfig, make_dataset, to_model_batch
+from stts_jax.data.synthetic import SyntheticConfig, generate_example
+from stts_jax.data.tokenizer import synthetic_tokenizer
+from stts_jax.models import Molmo2, get_config
+from stts_jax.models.config import STTSConfig
+
+
+def write_manifest(root: str, count: int, synthetic: SyntheticConfig) -> str:
+    """`count` synthetic videos as mp4 files (PyAV) and their JSONL manifest."""
+    import av
+
+    lines = []
+    for i in range(count):
+        ex = generate_example(7, i, synthetic)
+        path = os.path.join(root, f"video_{i}.mp4")
+        with av.open(path, "w") as container:
+            stream = container.add_stream("mpeg4", rate=int(synthetic.fps * 4))
+            stream.height, stream.width = ex["video"].shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            for frame in np.repeat(ex["video"], 4, axis=0):  # 8 fps source, sampled back to 2 fps
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        lines.append(
+            {
+                "id": ex["id"],
+                "video": os.path.basename(path),
+                "question": ex["question"],
+                "options": ex["options"],
+                "answer": int(ex["answer"]),
+            }
+        )
+    manifest = os.path.join(root, "train.jsonl")
+    with open(manifest, "w") as f:
+        f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    return manifest
+
+
+def count_examples(batch: dict) -> int:
+    """Examples in a packed batch: distinct segment ids per row."""
+    return sum(len(np.unique(row[row > 0])) for row in batch["input_ids_segment_ids"])
+
+
+def pipeline_rate(source, model_cfg, pipeline, tokenizer, batches: int) -> tuple[float, list]:
+    ds, _ = make_dataset(source, model_cfg, pipeline, tokenizer)
+    it = iter(ds)
+    kept = [next(it)]  # warm-up
+    start = time.perf_counter()
+    examples = 0
+    for _ in range(batches):
+        batch = next(it)
+        examples += len(
+            set(
+                zip(
+                    np.nonzero(batch["input_ids_segment_ids"])[0],
+                    batch["input_ids_segment_ids"][batch["input_ids_segment_ids"] > 0],
+                    strict=True,
+                )
+            )
+        )
+        kept.append(batch)
+    return examples / (time.perf_counter() - start), kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stts_jax.bench.data", description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=20)
+    args = parser.parse_args(argv)
+    synthetic = SyntheticConfig(frames=8, size=64)
+    tokenizer = synthetic_tokenizer(synthetic.vocabulary())
+    model_cfg = get_config("tiny", stts=STTSConfig(method="stts", prune_ratio=0.5, layer=1, max_videos_per_row=2))
+    pipeline = PipelineConfig(batch_size=4, max_frames=16, llm_seq_len=256, prune_ratio=0.5, max_videos_per_row=2)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        build_synthetic(root, SyntheticBuilderConfig(name="bench", synthetic=synthetic, num_examples=(("train", 200),)))
+        source = tfds.data_source("synthetic_video_qa/bench", data_dir=root, split="train")
+        rate, batches = pipeline_rate(source, model_cfg, pipeline, tokenizer, args.batches)
+        rows.append(("synthetic (array_record)", rate))
+        manifest = write_manifest(root, 40, synthetic)
+        ManifestVideoQA(
+            data_dir=root,
+            config=ManifestBuilderConfig(name="bench", manifests=(("train", manifest),)),
+            file_format="array_record",
+        ).download_and_prepare()
+        source = tfds.data_source("manifest_video_qa/bench", data_dir=root, split="train")
+        rows.append(
+            (
+                "manifest of mp4 (decoded at build)",
+                pipeline_rate(source, model_cfg, pipeline, tokenizer, args.batches)[0],
+            )
+        )
+    model = Molmo2(model_cfg)
+    video, targets = to_model_batch(batches[0], model_cfg)
+    rngs = {"params": jax.random.key(0), "stts": jax.random.key(1)}
+    params = jax.jit(model.init)(rngs, video)["params"]
+
+    def loss(p, video, targets):
+        logits, out = model.apply({"params": p}, video, rngs={"stts": jax.random.key(1)})
+        return jnp.mean(jax.nn.logsumexp(logits, -1)) + out["stts/aux_loss"]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    jax.block_until_ready(step(params, video, targets))
+    times = []
+    for batch in batches[1:]:
+        video, targets = to_model_batch(batch, model_cfg)
+        start = time.perf_counter()
+        jax.block_until_ready(step(params, video, targets))
+        times.append(time.perf_counter() - start)
+    examples_per_batch = (
+        statistics.mean(
+            len(np.unique(b["input_ids_segment_ids"][r][b["input_ids_segment_ids"][r] > 0]))
+            for b in batches
+            for r in range(len(b["input_ids"]))
+        )
+        * pipeline.batch_size
+    )
+    step_rate = examples_per_batch / statistics.median(times)
+    print(f"{'source':<36} {'examples/s':>11} {'tiny grad step examples/s':>26} {'keeps up':>9}")
+    for name, rate in rows:
+        print(f"{name:<36} {rate:>11.1f} {step_rate:>26.1f} {'yes' if rate >= step_rate else 'no':>9}")
+    print(
+        f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores; batch {pipeline.batch_size} rows "
+        f"of {pipeline.llm_seq_len} LLM tokens / {pipeline.max_frames} frame slots"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

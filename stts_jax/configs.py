@@ -1,0 +1,64 @@
+"""Turning ml_collections experiment configs (configs/*.py) into the typed configs of the package.
+
+A config file's `get_config(arg)` parses an argument string such as "variant=tiny,prune_ratio=0.5"
+with `parse_arg` and returns a ConfigDict with sections `model`, `stts` and `data`; every field can be
+overridden on the command line (`--config.stts.prune_ratio=0.3`). `model_config` and
+`pipeline_config` validate before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from stts_jax.data.pipeline import PipelineConfig
+from stts_jax.models.config import ConfigError, Molmo2Config, STTSConfig, get_config
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """ "k1=v1,k2=v2" -> ConfigDict over `defaults`, values cast to each default's type."""
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(f"config argument {item!r}: expected key=value with key in {sorted(defaults)}")
+        kind = type(defaults[key])
+        parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return parsed
+
+
+def _fields(cls, section: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section.keys()) - known)
+    if unknown:
+        raise ConfigError(f"config.{name} has unknown field(s) {unknown}; known: {sorted(known)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
+def model_config(config: ml_collections.ConfigDict) -> Molmo2Config:
+    """config.model (variant + run-time fields) and config.stts -> a validated Molmo2Config."""
+    model = dict(config.model)
+    variant = model.pop("variant")
+    stts = STTSConfig(**_fields(STTSConfig, config.stts, "stts"))
+    return get_config(variant, stts=stts, **model)
+
+
+def pipeline_config(config: ml_collections.ConfigDict, model: Molmo2Config) -> PipelineConfig:
+    """config.data (its pipeline fields) -> PipelineConfig, with the pruning ratio the model uses."""
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    values = {k: v for k, v in config.data.items() if k in fields}
+    values["prune_ratio"] = model.stts.prune_ratio if model.stts.prunes else 0.0
+    pipeline = PipelineConfig(**values)
+    if model.stts.prunes and model.stts.llm_seq_len not in (None, pipeline.llm_seq_len):
+        raise ConfigError(
+            f"stts.llm_seq_len {model.stts.llm_seq_len} != data.llm_seq_len {pipeline.llm_seq_len}: the model "
+            "must run on the length the pipeline packs to; leave stts.llm_seq_len unset."
+        )
+    if pipeline.max_videos_per_row > model.stts.max_videos_per_row and model.stts.prunes:
+        raise ConfigError(
+            f"data.max_videos_per_row {pipeline.max_videos_per_row} > stts.max_videos_per_row "
+            f"{model.stts.max_videos_per_row}: the kept-window buffer would overflow."
+        )
+    return pipeline

@@ -1,0 +1,41 @@
+"""Experiment configs load, override, and validate before anything compiles."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from stts_jax.configs import model_config, pipeline_config
+from stts_jax.models.config import ConfigError
+
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config
+
+
+@pytest.mark.parametrize("name", ["synthetic", "manifest"])
+def test_configs_build_valid_typed_configs(name):
+    config = load(name)("variant=tiny,prune_ratio=0.3")
+    model = model_config(config)
+    pipeline = pipeline_config(config, model)
+    assert model.stts.prune_ratio == 0.3 and pipeline.prune_ratio == 0.3
+    assert pipeline.max_videos_per_row <= model.stts.max_videos_per_row
+
+
+def test_bad_values_name_the_field():
+    get = load("synthetic")
+    with pytest.raises(ConfigError, match="stts.prune_ratio"):
+        model_config(get("prune_ratio=1.5"))
+    with pytest.raises(ConfigError, match="expected key=value"):
+        get("ratio=0.5")
+    config = get("")
+    config.data.max_videos_per_row = 3
+    with pytest.raises(ConfigError, match="data.max_videos_per_row"):
+        pipeline_config(config, model_config(config))
