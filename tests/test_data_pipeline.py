@@ -115,6 +115,7 @@ def _write_mp4(path, frames, fps, size=(48, 64)):
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height, stream.width = size
         stream.pix_fmt = "yuv420p"
+        container.start_encoding()
         for i in range(frames):
             image = np.full((*size, 3), (i * 25) % 255, np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
@@ -130,6 +131,7 @@ def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
     _write_mp4(str(videos / "four_fps.mp4"), 12, 4)  # 3 s -> 6 frames
     _write_mp4(str(videos / "clip.mp4"), 100, 10)  # 10 s, clipped to [2, 4] s
     (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    _write_mp4(str(videos / "empty.mp4"), 0, 10)  # a valid mp4 container without a single frame
     lines = [
         {"id": "a", "video": "videos/ten_fps.mp4", "question": "Is it bright?", "options": ["yes", "no"], "answer": 1},
         {"id": "b", "video": "videos/four_fps.mp4", "question": "What is shown?", "answer": "a grey card"},
@@ -146,6 +148,7 @@ def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
         {"id": "e", "video": "videos/nowhere.mp4", "question": "q", "options": ["x"], "answer": 0},
         {"id": "f", "video": "videos/ten_fps.mp4", "question": "q", "options": ["x", "y"], "answer": 2},
         {"id": "g", "video": "videos/ten_fps.mp4", "options": ["x"], "answer": 0},
+        {"id": "h", "video": "videos/empty.mp4", "question": "q", "options": ["x"], "answer": 0},
     ]
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
@@ -166,9 +169,15 @@ def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
             "answer out of range": 1,
             "missing field": 1,
             "malformed line": 1,
+            "no frames": 1,
         }
     }
     strict = ManifestBuilderConfig(name="strict", manifests=(("train", str(manifest)),), strict=True)
+    # and the pipeline runs on it: the three usable examples come out packed
+    tokenizer = synthetic_tokenizer(["is", "it", "bright", "yes", "no", "what", "shown", "a", "grey", "card", "q"])
+    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=200, max_videos_per_row=1, repeat=False, shuffle=False)
+    batches = list(make_dataset(source, get_config("tiny"), p, tokenizer)[0])
+    assert sorted(int((b["pixels_segment_ids"] > 0).sum()) for b in batches) == [5, 6, 6]
     with pytest.raises(DataError, match=r"train.jsonl:4: .*corrupt.mp4"):
         ManifestVideoQA(
             data_dir=str(tmp_path / "strict"), config=strict, file_format="array_record"

@@ -106,7 +106,7 @@ def decode_video(path: str, max_frames: int, max_fps: float, start=None, end=Non
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise DataError(f"{path}: no video stream", "unreadable video")
+                raise DataError(f"{path}: the container holds no video frames", "no frames")
             stream = container.streams.video[0]
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
