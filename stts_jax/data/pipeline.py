@@ -44,6 +44,8 @@ class PipelineConfig:
     shuffle: bool = True
     repeat: bool = True
     strict: bool = False  # raise on an unusable example instead of skipping and counting it
+    worker_count: int = 0  # grain worker processes that prefetch batches (0: in this process; skip
+    # counters in `Preprocess.skipped` then live in the workers, which log each skip)
 
 
 def windows_per_frame(cfg: Molmo2Config) -> int:
@@ -140,7 +142,14 @@ def make_dataset(
         shuffle_bins=pipeline.shuffle,
         max_sequences_per_bin=pipeline.max_videos_per_row,
     )
-    return ds.batch(pipeline.batch_size, drop_remainder=True), preprocess
+    ds = ds.batch(pipeline.batch_size, drop_remainder=True)
+    if pipeline.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, defaults
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=pipeline.worker_count))
+    return ds, preprocess
 
 
 def to_model_batch(batch: dict, model_cfg: Molmo2Config) -> tuple[VideoBatch, jnp.ndarray]:

@@ -470,8 +470,45 @@ def _tiny() -> Molmo2Config:
     )
 
 
+def _small() -> Molmo2Config:
+    """A mid-size model for CPU benchmarks and quick experiments: 224 px frames (16x16 patches of 14,
+    36 windows per frame), a 12-block ViT of width 384 and an 8-layer LLM of width 512."""
+    tiny = _tiny()
+    return tiny.replace(
+        vision=VisionConfig(
+            hidden_size=384,
+            intermediate_size=1536,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            num_key_value_heads=6,
+            head_dim=64,
+            image_size=(224, 224),
+            patch_size=14,
+        ),
+        adapter=AdapterConfig(
+            vision_feature_layers=(-1, -4),
+            hidden_size=384,
+            num_attention_heads=6,
+            num_key_value_heads=6,
+            head_dim=64,
+            intermediate_size=1536,
+            text_hidden_size=512,
+        ),
+        text=dataclasses.replace(
+            tiny.text,
+            hidden_size=512,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=64,
+            num_hidden_layers=8,
+            intermediate_size=1536,
+        ),
+    )
+
+
 VARIANTS = {
     "tiny": _tiny,
+    "small": _small,
     # Published sizes: Qwen3-4B / Qwen3-8B decoders (allenai/Molmo2-4B, allenai/Molmo2-8B config.json).
     "molmo2-4b": lambda: _molmo2(text_hidden=2560, text_mlp=9728, rope_theta=5_000_000.0),
     "molmo2-8b": lambda: _molmo2(text_hidden=4096, text_mlp=12288, rope_theta=1_000_000.0),
@@ -479,7 +516,7 @@ VARIANTS = {
 
 
 def get_config(variant: str, **runtime: Any) -> Molmo2Config:
-    """A named variant (`tiny`, `molmo2-4b`, `molmo2-8b`) with run-time overrides (`dtype=...`)."""
+    """A named variant (`tiny`, `small`, `molmo2-4b`, `molmo2-8b`) with run-time overrides (`dtype=...`)."""
     if variant not in VARIANTS:
         raise ConfigError(f"Unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
     return VARIANTS[variant]().replace(**runtime).validate()
