@@ -42,6 +42,23 @@ def _video_feature(channels: bool = True) -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
 
 
+def _qa_info(builder: tfds.core.GeneratorBasedBuilder, **extra) -> tfds.core.DatasetInfo:
+    """The features every video-QA builder writes (answer -1 = free text), plus `extra` ones."""
+    features = {
+        "id": tfds.features.Text(),
+        "video": _video_feature(),
+        "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "question": tfds.features.Text(),
+        "options": tfds.features.Sequence(tfds.features.Text()),
+        "answer": np.int32,
+        "answer_text": tfds.features.Text(),
+        "family": tfds.features.Text(),
+    }
+    return tfds.core.DatasetInfo(
+        builder=builder, description=type(builder).__doc__, features=tfds.features.FeaturesDict(features | extra)
+    )
+
+
 @dataclasses.dataclass
 class SyntheticBuilderConfig(tfds.core.BuilderConfig):
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -55,23 +72,7 @@ class SyntheticVideoQA(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [SyntheticBuilderConfig(name="default")]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "video": _video_feature(),
-                    "masks": _video_feature(channels=False),
-                    "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-                    "question": tfds.features.Text(),
-                    "options": tfds.features.Sequence(tfds.features.Text()),
-                    "answer": np.int32,
-                    "answer_text": tfds.features.Text(),
-                    "family": tfds.features.Text(),
-                }
-            ),
-        )
+        return _qa_info(self, masks=_video_feature(channels=False))
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, n) for split, n in self.builder_config.num_examples}
@@ -168,22 +169,7 @@ class ManifestVideoQA(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "video": _video_feature(),
-                    "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-                    "question": tfds.features.Text(),
-                    "options": tfds.features.Sequence(tfds.features.Text()),
-                    "answer": np.int32,  # -1 for free-text answers
-                    "answer_text": tfds.features.Text(),
-                    "family": tfds.features.Text(),
-                }
-            ),
-        )
+        return _qa_info(self)
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, path) for split, path in self.builder_config.manifests}

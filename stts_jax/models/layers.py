@@ -87,6 +87,20 @@ class ViTAttention(nn.Module):
         return dense(self.out_features or x.shape[-1], "o")(out.reshape(*x.shape[:2], -1))
 
 
+def vision_attention(cfg: Molmo2Config, name: str) -> ViTAttention:
+    """An attention layer shaped like the ViT's (its heads, width and biases)."""
+    v = cfg.vision
+    return ViTAttention(
+        v.num_attention_heads,
+        v.num_key_value_heads,
+        v.head_dim,
+        use_bias=v.attention_bias,
+        attention_impl=cfg.attention_impl,
+        name=name,
+        **dtypes(cfg),
+    )
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), no biases unless asked."""
 

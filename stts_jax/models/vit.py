@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from stts_jax.models.config import Molmo2Config
-from stts_jax.models.layers import ViTAttention, dtypes, gelu_tanh, init_stacked, run_stack
+from stts_jax.models.layers import dtypes, gelu_tanh, init_stacked, run_stack, vision_attention
 
 Array = jax.Array
 
@@ -25,15 +25,7 @@ class ViTBlock(nn.Module):
         kw = dtypes(self.cfg)
         norm = lambda name: nn.LayerNorm(epsilon=v.layer_norm_eps, use_fast_variance=False, name=name, **kw)
         h = norm("layer_norm1")(x)
-        x = x + ViTAttention(
-            v.num_attention_heads,
-            v.num_key_value_heads,
-            v.head_dim,
-            use_bias=v.attention_bias,
-            attention_impl=self.cfg.attention_impl,
-            name="attn",
-            **kw,
-        )(h, **attention_kwargs)
+        x = x + vision_attention(self.cfg, "attn")(h, **attention_kwargs)
         h = nn.Dense(v.intermediate_size, name="fc1", **kw)(norm("layer_norm2")(x))
         x = x + nn.Dense(v.hidden_size, name="fc2", **kw)(gelu_tanh(h))
         return x, None

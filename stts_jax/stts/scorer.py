@@ -9,7 +9,7 @@ import numpy as np
 
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.connector import window_mean
-from stts_jax.models.layers import ViTAttention, dtypes
+from stts_jax.models.layers import dtypes, vision_attention
 
 Array = jax.Array
 
@@ -38,15 +38,9 @@ class Scorer(nn.Module):
         b, f, w, p, d = window_patches.shape
         patches = window_patches.reshape(b * f * w, p, d)
         valid = jnp.broadcast_to(window_valid, (b * f, w, p)).reshape(b * f * w, p)
-        pooled = ViTAttention(
-            v.num_attention_heads,
-            v.num_key_value_heads,
-            v.head_dim,
-            use_bias=v.attention_bias,
-            attention_impl=self.cfg.attention_impl,
-            name="pooler",
-            **kw,
-        )(window_mean(patches, valid), patches, mask=valid[:, None, None, :])
+        pooled = vision_attention(self.cfg, "pooler")(
+            window_mean(patches, valid), patches, mask=valid[:, None, None, :]
+        )
         pooled = pooled.reshape(b, f, w, d)
         h = jnp.concatenate([previous_frame(pooled, frame_times), pooled], axis=-1)
         hidden = s.mlp_dim or v.intermediate_size
