@@ -1,0 +1,1 @@
+"""Training: optimizer with parameter groups, loss, train step (mesh, checkpoints and loop: issue 5)."""

@@ -1,0 +1,44 @@
+"""The training objective: cross-entropy on answer tokens + weight x the STTS auxiliary loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from stts_jax.stts.pruning import gather_tokens
+
+
+def answer_cross_entropy(logits, input_ids, targets, segment_ids):
+    """Next-token cross-entropy where the *predicted* token is an answer token of the same example.
+
+    logits: [batch, seq, vocab]; input_ids / targets / segment_ids: [batch, seq], targets 1 on answer
+    tokens. Normalised by the number of real target tokens (0 if there are none). Returns
+    (loss, {"answer_tokens", "answer_token_accuracy"}).
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    labels = input_ids[:, 1:]
+    mask = (targets[:, 1:] > 0) & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+    ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
+    count = mask.sum()
+    correct = (jnp.argmax(logits, -1) == labels) & mask
+    denominator = jnp.maximum(count, 1)
+    return (ce * mask).sum() / denominator, {
+        "answer_tokens": count,
+        "answer_token_accuracy": correct.sum() / denominator,
+    }
+
+
+def training_loss(logits, out: dict, batch, targets, aux_weight: float):
+    """Loss on the sequence the LLM ran on (compacted if the model pruned) + aux_weight x aux loss."""
+    if "llm/source_index" in out:  # the model removed pruned placeholders; targets follow the same gather
+        targets = gather_tokens(targets, out["llm/source_index"])
+    ce, metrics = answer_cross_entropy(logits, out["llm/input_ids"], targets, out["llm/segment_ids"])
+    aux = out.get("stts/aux_loss", jnp.zeros(()))
+    metrics.update({"answer_loss": ce, "aux_loss": aux})
+    if "stts/keep" in out:
+        real = batch.frame_video_ids > 0
+        metrics["kept_window_ratio"] = out["stts/keep"].sum() / jnp.maximum(real.sum() * out["stts/keep"].shape[2], 1)
+        metrics["overflow_rows"] = (
+            out["stts/vit_overflow"] | out["stts/llm_overflow"] | out["stts/placeholder_mismatch"]
+        ).sum()
+    return ce + aux_weight * aux, metrics
