@@ -8,6 +8,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.vlm import Molmo2, VideoBatch
@@ -26,12 +27,11 @@ class TrainState:
 
 def init_state(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch: VideoBatch, seed: int) -> TrainState:
     rng, init_rng, stts_rng = jax.random.split(jax.random.key(seed), 3)
-    params = jax.jit(Molmo2(cfg).init)({"params": init_rng, "stts": stts_rng}, batch)["params"]
+    params = Molmo2(cfg).init({"params": init_rng, "stts": stts_rng}, batch)["params"]
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "optimizer"), donate_argnames=("state",))
-def train_step(
+def _train_step(
     cfg: Molmo2Config, optimizer: optax.GradientTransformation, state: TrainState, batch: VideoBatch, targets: Array
 ) -> tuple[TrainState, dict]:
     """One update. metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state
@@ -56,3 +56,22 @@ def train_step(
     )
     metrics.update({"loss": loss, "grad_norm": grad_norm, "rejected": (~ok).astype(jnp.int32)})
     return new_state, metrics
+
+
+train_step = jax.jit(_train_step, static_argnames=("cfg", "optimizer"), donate_argnames=("state",))
+
+
+def sharded_train_step(cfg: Molmo2Config, optimizer: optax.GradientTransformation, state_sharding, batch_sharding):
+    """`train_step` compiled for a mesh: state and batch in their shardings, state donated, metrics replicated."""
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        functools.partial(_train_step, cfg, optimizer),
+        in_shardings=(state_sharding, batch_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def sharded_init(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch: VideoBatch, seed: int, shardings):
+    """The initial TrainState created directly in `shardings`: nothing is materialised unsharded."""
+    return jax.jit(functools.partial(init_state, cfg, optimizer, seed=seed), out_shardings=shardings)(batch)
