@@ -42,4 +42,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "strict": False,
         }
     )
+    config.train = ml_collections.ConfigDict(
+        {
+            "steps": 200,
+            "seed": a.seed,
+            "checkpoint_every": 50,
+            "keep_checkpoints": 3,
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+            "optimizer": {
+                # the paper's groups, scaled up for a model trained from scratch on a small set
+                "learning_rates": [
+                    ["scorer/.*", 1e-3],
+                    ["vit/.*", 5e-4],
+                    ["connector/.*", 5e-4],
+                    ["(text|lm_head)/.*", 1e-3],
+                ],
+                "warmup_steps": 20,
+                "total_steps": 200,
+            },
+        }
+    )
     return config

@@ -22,13 +22,13 @@ class TrainState:
     step: Array
     params: dict
     opt_state: optax.OptState
-    rng: Array
+    rng: Array  # raw uint32 key data (checkpointable), see jax.random.key_data
 
 
 def init_state(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch: VideoBatch, seed: int) -> TrainState:
     rng, init_rng, stts_rng = jax.random.split(jax.random.key(seed), 3)
     params = Molmo2(cfg).init({"params": init_rng, "stts": stts_rng}, batch)["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.key_data(rng))
 
 
 def _train_step(
@@ -36,7 +36,7 @@ def _train_step(
 ) -> tuple[TrainState, dict]:
     """One update. metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state
     (params, optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
-    rng, step_rng = jax.random.split(state.rng)
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
 
     def loss_fn(params):
         logits, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": step_rng})
@@ -52,7 +52,7 @@ def _train_step(
         step=state.step + ok.astype(jnp.int32),
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
-        rng=rng,
+        rng=jax.random.key_data(rng),
     )
     metrics.update({"loss": loss, "grad_norm": grad_norm, "rejected": (~ok).astype(jnp.int32)})
     return new_state, metrics

@@ -1,0 +1,46 @@
+"""Orbax checkpoints of a run: the TrainState (params, optimizer, step, RNG) and the data iterator.
+
+Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames); the last
+`keep` are kept. Restoring goes against an abstract target that carries the *current* shardings, so
+a run resumes on another mesh. A checkpoint of another model shape is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from stts_jax.convert.hf import CheckpointError
+
+
+def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+    )
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+
+def restore(mgr: ocp.CheckpointManager, state_shape, shardings):
+    """-> (state, data iterator state) of the latest step, placed in `shardings`; or None if there is none."""
+    step = mgr.latest_step()
+    if step is None:
+        return None
+    stored_params = mgr.item_metadata(step)["state"].tree["params"]
+    shape = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    if shape(stored_params) != shape(state_shape.params):
+        raise CheckpointError(
+            f"{mgr.directory}/{step} holds params of another model shape than this config builds (different "
+            "sizes, layers or STTS scorer). Use a new --workdir, or the config the checkpoint was trained with."
+        )
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, shardings)
+    restored = mgr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+    )
+    return restored["state"], restored["data"]

@@ -1,0 +1,112 @@
+"""The training loop: resume after kill -9 equals an uninterrupted run; SIGTERM saves; shape mismatch refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from stts_jax.convert.hf import CheckpointError
+from stts_jax.train import checkpoint
+from stts_jax.train.loop import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def overrides(data_dir, steps, every):
+    return [
+        "--config=configs/synthetic.py:variant=tiny,frames=4",
+        f"--config.train.steps={steps}",
+        f"--config.train.checkpoint_every={every}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.train_examples=40",
+        "--config.data.eval_examples=8",
+        "--config.data.test_examples=8",
+        "--config.data.llm_seq_len=160",
+    ]
+
+
+def load_config(data_dir, steps, every, **changes):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_config", os.path.join(ROOT, "configs", "synthetic.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("variant=tiny,frames=4")
+    config.train.steps, config.train.checkpoint_every = steps, every
+    config.data.update(data_dir=data_dir, train_examples=40, eval_examples=8, test_examples=8, llm_seq_len=160)
+    for key, value in changes.items():
+        section, field = key.split("__")
+        config[section][field] = value
+    return config
+
+
+def cli(workdir, data_dir, steps, every):
+    return subprocess.Popen(
+        [sys.executable, "-m", "stts_jax.train", *overrides(data_dir, steps, every), f"--workdir={workdir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def final_params(workdir):
+    mgr = checkpoint.manager(str(workdir))
+    step = mgr.latest_step()
+    restored = mgr.restore(step)
+    return step, restored["state"]["params"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def test_kill9_then_restart_equals_uninterrupted_run(data_dir, tmp_path):
+    train(load_config(data_dir, 6, 2), str(tmp_path / "reference"))
+    interrupted = tmp_path / "interrupted"
+    process = cli(interrupted, data_dir, 6, 2)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "2").exists():  # a finished (renamed) checkpoint
+        assert process.poll() is None and time.time() < deadline, (
+            process.stdout.read()[-2000:] if process.stdout else ""
+        )
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    restarted = cli(interrupted, data_dir, 6, 2)
+    output = restarted.communicate(timeout=600)[0]
+    assert restarted.returncode == 0, output[-2000:]
+    assert "resumed from step" in output
+    step, params = final_params(interrupted)
+    ref_step, ref_params = final_params(tmp_path / "reference")
+    assert step == ref_step == 6
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+    process = cli(tmp_path, data_dir, 1000, 1000)
+    deadline = time.time() + 300
+    metrics = tmp_path / "metrics.jsonl"
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-2000:]
+    steps_done = len(metrics.read_text().splitlines())
+    assert checkpoint.manager(str(tmp_path)).latest_step() == steps_done < 1000
+
+
+def test_workdir_with_a_checkpoint_of_another_model_is_refused(data_dir, tmp_path):
+    train(load_config(data_dir, 2, 2), str(tmp_path))
+    with pytest.raises(CheckpointError, match="another model shape"):
+        train(load_config(data_dir, 4, 2, stts__method="random"), str(tmp_path))  # no scorer params
