@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -19,16 +20,20 @@ def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+        # grain's handler writes one iterator state per process (each host reads its own shard)
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
     )
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+def save(mgr: ocp.CheckpointManager, step: int, state, iterator) -> None:
+    mgr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
+    )
 
 
-def restore(mgr: ocp.CheckpointManager, state_shape, shardings):
-    """-> (state, data iterator state) of the latest step, placed in `shardings`; or None if there is none."""
+def restore(mgr: ocp.CheckpointManager, state_shape, shardings, iterator):
+    """The latest step's state, placed in `shardings`, with `iterator` moved to where it was; None if none."""
     step = mgr.latest_step()
     if step is None:
         return None
@@ -41,6 +46,9 @@ def restore(mgr: ocp.CheckpointManager, state_shape, shardings):
         )
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, shardings)
     restored = mgr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(iterator)
+        ),
     )
-    return restored["state"], restored["data"]
+    return restored["state"]

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 import tqdm
+from jax.experimental import multihost_utils
 
 from stts_jax.configs import model_config, pipeline_config
 from stts_jax.data.builders import SyntheticBuilderConfig, build_synthetic
@@ -42,7 +43,10 @@ def _source(config: ml_collections.ConfigDict, split: str):
         synthetic = SyntheticConfig(frames=data.frames)
         name = f"f{data.frames}"
         counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
-        build_synthetic(data.data_dir, SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts))
+        if jax.process_index() == 0:  # one writer; the other hosts wait for it
+            build_synthetic(data.data_dir, SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("synthetic dataset built")
         return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split), (
             synthetic_tokenizer(synthetic.vocabulary())
         )
@@ -74,18 +78,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shardings = state_shardings(state_shape, mesh)
     mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     iterator = iter(dataset)
-    restored = checkpoint.restore(mgr, state_shape, shardings)
+    restored = checkpoint.restore(mgr, state_shape, shardings, iterator)
     if restored is None:
-        state = sharded_init(model, optimizer, jax.device_put(sample_video, rows), config.train.seed, shardings)
+        global_sample = jax.tree.map(lambda x: _global(x, rows), sample_video)
+        state = sharded_init(model, optimizer, global_sample, config.train.seed, shardings)
     else:
-        state, data_state = restored
-        iterator.set_state(data_state)
+        state = restored
         log.info("resumed from step %d in %s", int(state.step), workdir)
     step_fn = sharded_train_step(model, optimizer, shardings, rows)
 
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in finally)
+    primary = jax.process_index() == 0
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl") if primary else os.devnull, "a")  # noqa: SIM115
     metrics: dict = {}
     try:
         step = int(state.step)
@@ -110,7 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.update(1 - int(metrics["rejected"]))
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["requested"]:
-                checkpoint.save(mgr, step, state, iterator.get_state())
+                checkpoint.save(mgr, step, state, iterator)
         bar.close()
     finally:
         mgr.wait_until_finished()
