@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "seed": a.seed,
             "checkpoint_every": 50,
             "keep_checkpoints": 3,
+            "accumulate_steps": 1,  # gradient accumulation: micro-batches of data.batch_size / this
             "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
             "optimizer": {
                 # the paper's groups, scaled up for a model trained from scratch on a small set

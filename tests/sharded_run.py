@@ -22,7 +22,10 @@ from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state
 from stts_jax.train.step import init_state, sharded_init, sharded_train_step  # noqa: E402
 
 
-def losses(mesh_shape, devices, steps=3):
+def build(mesh_shape, devices, steps=3):
+    """Trains `steps` steps on a mesh -> (cfg, optimizer, state, state shape, batch, a data iterator, losses)."""
+    import grain
+
     cfg = get_config(
         "tiny", stts=STTSConfig(method="stts", prune_ratio=0.5, layer=1, max_videos_per_row=2, llm_seq_len=72)
     )
@@ -42,8 +45,14 @@ def losses(mesh_shape, devices, steps=3):
     for _ in range(steps):
         state, metrics = step(state, jax.device_put(batch, rows), jax.device_put(targets, rows))
         out.append(float(metrics["loss"]))
-    sharded = {str(p.sharding.spec) for p in jax.tree.leaves(state.params)}
-    return out, sorted(sharded)
+    iterator = iter(grain.MapDataset.range(10).to_iter_dataset())  # stands in for the data iterator
+    next(iterator)
+    return cfg, optimizer, state, shape, batch, iterator, out
+
+
+def losses(mesh_shape, devices, steps=3):
+    *_, state, _shape, _batch, _iterator, out = build(mesh_shape, devices, steps)
+    return out, sorted({str(p.sharding.spec) for p in jax.tree.leaves(state.params)})
 
 
 if __name__ == "__main__":

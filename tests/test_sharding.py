@@ -43,3 +43,10 @@ def test_axes_that_do_not_divide_are_dropped_not_failed():
     mesh = _logical_mesh()
     assert spec_for((64, 48), ("embed", "mlp"), mesh) == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert spec_for((63, 48), ("embed", "mlp"), mesh) == jax.sharding.PartitionSpec(None, "tensor")
+
+
+def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "remesh_run.py")
+    run = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "restored 2 on (1, 2, 2)" in run.stdout

@@ -105,3 +105,18 @@ def test_non_finite_loss_rejects_the_step_and_keeps_the_state():
     after = jax.tree.map(np.asarray, (state.params, state.opt_state))
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_accumulation_gives_the_same_update():
+    cfg, batch, optimizer, state = setup(lr_scale=100.0)
+    batch = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), batch)  # 4 rows
+    targets = answer_targets(batch)
+    results = []
+    for accumulate in (1, 2):
+        s = init_state(cfg, optimizer, batch, 0)
+        for _ in range(2):
+            s, metrics = train_step(cfg, optimizer, s, batch, targets, accumulate=accumulate)
+        results.append((float(metrics["loss"]), jax.tree.map(np.asarray, s.params)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 + 1e-4 * np.abs(a).max())

@@ -85,7 +85,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         state = restored
         log.info("resumed from step %d in %s", int(state.step), workdir)
-    step_fn = sharded_train_step(model, optimizer, shardings, rows)
+    accumulate = config.train.get("accumulate_steps", 1)
+    if pipeline.batch_size % accumulate:
+        raise TrainingError(
+            f"data.batch_size {pipeline.batch_size} is not divisible by train.accumulate_steps {accumulate}."
+        )
+    step_fn = sharded_train_step(model, optimizer, shardings, rows, accumulate)
 
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))

@@ -8,31 +8,39 @@ import jax.numpy as jnp
 from stts_jax.stts.pruning import gather_tokens
 
 
-def answer_cross_entropy(logits, input_ids, targets, segment_ids):
+def answer_target_mask(input_ids, targets, segment_ids):
+    """[batch, seq - 1] bool: position i's prediction of token i + 1 is scored (an answer token that
+    continues the same example). Pruning never changes it: it only removes placeholders."""
+    del input_ids
+    return (targets[:, 1:] > 0) & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+
+
+def answer_cross_entropy(logits, input_ids, targets, segment_ids, normalizer=None):
     """Next-token cross-entropy where the *predicted* token is an answer token of the same example.
 
     logits: [batch, seq, vocab]; input_ids / targets / segment_ids: [batch, seq], targets 1 on answer
-    tokens. Normalised by the number of real target tokens (0 if there are none). Returns
-    (loss, {"answer_tokens", "answer_token_accuracy"}).
+    tokens. Normalised by the number of real target tokens (0 if there are none), or by `normalizer`
+    (the count over a whole batch, when this is one of its gradient-accumulation micro-batches).
+    Returns (loss, {"answer_tokens", "answer_token_accuracy"}).
     """
     logits = logits[:, :-1].astype(jnp.float32)
     labels = input_ids[:, 1:]
-    mask = (targets[:, 1:] > 0) & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+    mask = answer_target_mask(input_ids, targets, segment_ids)
     ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
     count = mask.sum()
     correct = (jnp.argmax(logits, -1) == labels) & mask
     denominator = jnp.maximum(count, 1)
-    return (ce * mask).sum() / denominator, {
+    return (ce * mask).sum() / (denominator if normalizer is None else normalizer), {
         "answer_tokens": count,
         "answer_token_accuracy": correct.sum() / denominator,
     }
 
 
-def training_loss(logits, out: dict, batch, targets, aux_weight: float):
+def training_loss(logits, out: dict, batch, targets, aux_weight: float, normalizer=None):
     """Loss on the sequence the LLM ran on (compacted if the model pruned) + aux_weight x aux loss."""
     if "llm/source_index" in out:  # the model removed pruned placeholders; targets follow the same gather
         targets = gather_tokens(targets, out["llm/source_index"])
-    ce, metrics = answer_cross_entropy(logits, out["llm/input_ids"], targets, out["llm/segment_ids"])
+    ce, metrics = answer_cross_entropy(logits, out["llm/input_ids"], targets, out["llm/segment_ids"], normalizer)
     aux = out.get("stts/aux_loss", jnp.zeros(()))
     metrics.update({"answer_loss": ce, "aux_loss": aux})
     if "stts/keep" in out:

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.vlm import Molmo2, VideoBatch
-from stts_jax.train.loss import training_loss
+from stts_jax.train.loss import answer_target_mask, training_loss
 
 Array = jax.Array
 
@@ -32,17 +32,40 @@ def init_state(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch
 
 
 def _train_step(
-    cfg: Molmo2Config, optimizer: optax.GradientTransformation, state: TrainState, batch: VideoBatch, targets: Array
+    cfg: Molmo2Config,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    batch: VideoBatch,
+    targets: Array,
+    accumulate: int = 1,
 ) -> tuple[TrainState, dict]:
-    """One update. metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state
-    (params, optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
+    """One update over `batch`, as `accumulate` micro-batches of its rows whose gradients are summed
+    (the answer loss is normalised by the whole batch's target count, so the update is the same).
+    metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state (params,
+    optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+    normalizer = jnp.maximum(answer_target_mask(batch.input_ids, targets, batch.segment_ids).sum(), 1)
+    aux_weight = cfg.stts.effective_aux_weight / accumulate
 
-    def loss_fn(params):
-        logits, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": step_rng})
-        return training_loss(logits, out, batch, targets, cfg.stts.effective_aux_weight)
+    def micro_grads(micro):
+        micro_batch, micro_targets, micro_rng = micro
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def loss_fn(params):
+            logits, out = Molmo2(cfg).apply({"params": params}, micro_batch, rngs={"stts": micro_rng})
+            return training_loss(logits, out, micro_batch, micro_targets, aux_weight, normalizer)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    split = lambda x: x.reshape(accumulate, x.shape[0] // accumulate, *x.shape[1:])
+    micros = (jax.tree.map(split, batch), split(targets), jax.random.split(step_rng, accumulate))
+    if accumulate == 1:
+        (loss, metrics), grads = micro_grads(jax.tree.map(lambda x: x[0], micros))
+    else:
+        (losses, all_metrics), all_grads = jax.lax.map(micro_grads, micros)
+        loss, grads = losses.sum(), jax.tree.map(lambda g: g.sum(0), all_grads)
+        counts = ("answer_tokens", "overflow_rows")
+        metrics = {k: v.sum() if k in counts else v.mean() for k, v in all_metrics.items()}
+        metrics["aux_loss"] = all_metrics["aux_loss"].mean()
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -58,14 +81,16 @@ def _train_step(
     return new_state, metrics
 
 
-train_step = jax.jit(_train_step, static_argnames=("cfg", "optimizer"), donate_argnames=("state",))
+train_step = jax.jit(_train_step, static_argnames=("cfg", "optimizer", "accumulate"), donate_argnames=("state",))
 
 
-def sharded_train_step(cfg: Molmo2Config, optimizer: optax.GradientTransformation, state_sharding, batch_sharding):
+def sharded_train_step(
+    cfg: Molmo2Config, optimizer: optax.GradientTransformation, state_sharding, batch_sharding, accumulate: int = 1
+):
     """`train_step` compiled for a mesh: state and batch in their shardings, state donated, metrics replicated."""
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(
-        functools.partial(_train_step, cfg, optimizer),
+        functools.partial(_train_step, cfg, optimizer, accumulate=accumulate),
         in_shardings=(state_sharding, batch_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
