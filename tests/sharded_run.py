@@ -19,7 +19,7 @@ from stts_jax.models import get_config  # noqa: E402
 from stts_jax.models.config import STTSConfig  # noqa: E402
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings  # noqa: E402
-from stts_jax.train.step import init_state, sharded_init, sharded_train_step  # noqa: E402
+from stts_jax.train.step import init_state, param_shapes, sharded_init, sharded_train_step  # noqa: E402
 
 
 def build(mesh_shape, devices, steps=3):
@@ -33,8 +33,7 @@ def build(mesh_shape, devices, steps=3):
     targets = answer_targets(batch)
     rates = tuple((p, lr * 100) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=20)
-    shape = jax.eval_shape(lambda b: init_state(cfg, __import__("optax").identity(), b, 0), batch)
-    optimizer = make_optimizer(opt_cfg, shape.params)
+    optimizer = make_optimizer(opt_cfg, param_shapes(cfg, batch))
     mesh = make_mesh(MeshConfig(*mesh_shape), devices)
     shape = jax.eval_shape(lambda b: init_state(cfg, optimizer, b, 0), batch)
     shardings = state_shardings(shape, mesh)

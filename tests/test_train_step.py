@@ -14,7 +14,7 @@ from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
 from stts_jax.train.loss import answer_cross_entropy
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer, param_groups, param_path
-from stts_jax.train.step import init_state, train_step
+from stts_jax.train.step import init_state, param_shapes, train_step
 
 ROWS, FRAMES, SEQ = [[2, 1], [3]], 4, 96
 
@@ -39,8 +39,7 @@ def setup(method="stts", lr_scale=1.0, **optimizer_changes):
     batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
     rates = tuple((p, lr * lr_scale) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=50, **optimizer_changes)
-    params_shape = jax.eval_shape(lambda: init_state(cfg, __import__("optax").identity(), batch, 0).params)
-    optimizer = make_optimizer(opt_cfg, params_shape)
+    optimizer = make_optimizer(opt_cfg, param_shapes(cfg, batch))
     return cfg, batch, optimizer, init_state(cfg, optimizer, batch, 0)
 
 

@@ -28,7 +28,7 @@ from stts_jax.data.tokenizer import synthetic_tokenizer
 from stts_jax.train import checkpoint
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
-from stts_jax.train.step import init_state, sharded_init, sharded_train_step
+from stts_jax.train.step import init_state, param_shapes, sharded_init, sharded_train_step
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     opt_cfg = OptimizerConfig(
         **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in config.train.optimizer.items()}
     )
-    shapes = jax.eval_shape(lambda b: init_state(model, __import__("optax").identity(), b, 0).params, sample_video)
-    optimizer = make_optimizer(opt_cfg, shapes)
+    optimizer = make_optimizer(opt_cfg, param_shapes(model, sample_video))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, config.train.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
     mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
