@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset
@@ -115,8 +116,6 @@ def make_dataset(
     Each host reads its own shard of the source (default: `jax.process_index()` of
     `jax.process_count()`), so hosts never see the same example in an epoch.
     """
-    import jax
-
     if model_cfg.vision.image_size[0] != model_cfg.vision.image_size[1]:
         raise ValueError("Molmo2 frames are square; vision.image_size must have equal sides.")
     shard_index = jax.process_index() if shard_index is None else shard_index

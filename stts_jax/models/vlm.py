@@ -103,7 +103,8 @@ class Molmo2(nn.Module):
         window_idx = pooling_windows(rows, cols, *cfg.adapter.pooling_size)  # [W, window] static
         num_windows = window_idx.shape[0]
         patch_window = patch_windows(window_idx, n)
-        real, times, _ = pruning.frame_layout(frame_video_ids)
+        video, times, _ = pruning.frame_layout(frame_video_ids)
+        real = video > 0
         depths = set(cfg.vit_feature_depths)
         out: dict = {}
 

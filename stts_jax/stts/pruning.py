@@ -23,7 +23,8 @@ def video_index(frame_video_ids: Array) -> Array:
 
 
 def frame_layout(frame_video_ids: Array) -> tuple[Array, Array, Array]:
-    """(frame_real [b, f] bool, frame_times [b, f] = index within its video, video_frames [b, f] = T)."""
+    """(video [b, f] = `video_index` (0 = padding slot), frame_times [b, f] = index within its video,
+    video_frames [b, f] = T of its video)."""
     video = video_index(frame_video_ids)
     real = video > 0
     f = video.shape[1]
@@ -32,7 +33,7 @@ def frame_layout(frame_video_ids: Array) -> tuple[Array, Array, Array]:
     starts = jax.lax.cummax(jnp.where(video != previous, slots, 0), axis=1)
     counts = jax.vmap(lambda ids: jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=f + 1))(video)
     video_frames = jnp.take_along_axis(counts, video, axis=1)
-    return real, jnp.where(real, slots - starts, 0), jnp.where(real, video_frames, 0)
+    return video, jnp.where(real, slots - starts, 0), jnp.where(real, video_frames, 0)
 
 
 def select_windows(scores: Array, frame_video_ids: Array, prune_table: np.ndarray) -> Array:
@@ -41,11 +42,12 @@ def select_windows(scores: Array, frame_video_ids: Array, prune_table: np.ndarra
     The budget is global over the video's frames (so frames lose unevenly); frame 0 is never
     dropped; padding slots are never kept. The selection is a hard sort and passes no gradient.
     """
-    real, times, video_frames = frame_layout(frame_video_ids)
+    video, times, video_frames = frame_layout(frame_video_ids)
+    real = video > 0
     b, f, w = scores.shape
     scores = jax.lax.stop_gradient(scores).astype(jnp.float32)
     rank_score = jnp.where((times > 0)[..., None], scores, jnp.inf).reshape(b, f * w)
-    video = jnp.where(real, video_index(frame_video_ids), f + 1)  # padding slots sort after every video
+    video = jnp.where(real, video, f + 1)  # padding slots sort after every video
     video = jnp.broadcast_to(video[..., None], (b, f, w)).reshape(b, f * w)
     budget = jnp.asarray(prune_table)[video_frames]  # [b, f] windows to drop from this slot's video
     budget = jnp.broadcast_to(budget[..., None], (b, f, w)).reshape(b, f * w)

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 from stts_jax.stts.pruning import gather_tokens
 
 
-def answer_target_mask(input_ids, targets, segment_ids):
+def answer_target_mask(targets, segment_ids):
     """[batch, seq - 1] bool: position i's prediction of token i + 1 is scored (an answer token that
     continues the same example). Pruning never changes it: it only removes placeholders."""
-    del input_ids
     return (targets[:, 1:] > 0) & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
 
 
@@ -25,7 +24,7 @@ def answer_cross_entropy(logits, input_ids, targets, segment_ids, normalizer=Non
     """
     logits = logits[:, :-1].astype(jnp.float32)
     labels = input_ids[:, 1:]
-    mask = answer_target_mask(input_ids, targets, segment_ids)
+    mask = answer_target_mask(targets, segment_ids)
     ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
     count = mask.sum()
     correct = (jnp.argmax(logits, -1) == labels) & mask

@@ -50,7 +50,7 @@ def _train_step(
     metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state (params,
     optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-    normalizer = jnp.maximum(answer_target_mask(batch.input_ids, targets, batch.segment_ids).sum(), 1)
+    normalizer = jnp.maximum(answer_target_mask(targets, batch.segment_ids).sum(), 1)
     aux_weight = cfg.stts.effective_aux_weight / accumulate
 
     def micro_grads(micro):
