@@ -32,6 +32,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "absl-py>=2.1",
+        "tensorboard>=2.18",  # event files only (its pure-Python writer; no TensorFlow)
     ],
     extras_require={
         "hf": HF_REQUIRES,

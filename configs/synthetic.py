@@ -10,7 +10,7 @@ stts_no_aux | fewer_frames), prune_ratio, frames (per video), seed.
 
 import ml_collections
 
-from stts_jax.configs import parse_arg
+from stts_jax.configs import parse_arg, train_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,25 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "strict": False,
         }
     )
-    config.train = ml_collections.ConfigDict(
-        {
-            "steps": 200,
-            "seed": a.seed,
-            "checkpoint_every": 50,
-            "keep_checkpoints": 3,
-            "accumulate_steps": 1,  # gradient accumulation: micro-batches of data.batch_size / this
-            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-            "optimizer": {
-                # the paper's groups, scaled up for a model trained from scratch on a small set
-                "learning_rates": [
-                    ["scorer/.*", 1e-3],
-                    ["vit/.*", 5e-4],
-                    ["connector/.*", 5e-4],
-                    ["(text|lm_head)/.*", 1e-3],
-                ],
-                "warmup_steps": 20,
-                "total_steps": 200,
-            },
-        }
+    config.train = train_section(
+        steps=200,
+        seed=a.seed,
+        checkpoint_every=50,
+        eval_every=50,
+        # the paper's groups, scaled up for a model trained from scratch on a small set
+        learning_rates=[["scorer/.*", 1e-3], ["vit/.*", 5e-4], ["connector/.*", 5e-4], ["(text|lm_head)/.*", 1e-3]],
+        warmup_steps=20,
     )
     return config

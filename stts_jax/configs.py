@@ -15,6 +15,7 @@ import ml_collections
 
 from stts_jax.data.pipeline import PipelineConfig
 from stts_jax.models.config import ConfigError, Molmo2Config, STTSConfig, get_config
+from stts_jax.train.optimizer import OptimizerConfig
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -27,6 +28,34 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         kind = type(defaults[key])
         parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return parsed
+
+
+def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.ConfigDict:
+    """config.train with the paper's optimizer recipe (STTS.md section 8); `changes` override fields,
+    e.g. `learning_rates=[...]` or `mesh={"data": 8, "fsdp": 8, "tensor": 1}`."""
+    optimizer = {k: changes.pop(k) for k in ("learning_rates", "warmup_steps", "freeze") if k in changes}
+    train = ml_collections.ConfigDict(
+        {
+            "steps": steps,
+            "seed": seed,
+            "checkpoint_every": 500,
+            "keep_checkpoints": 3,
+            "accumulate_steps": 1,  # gradient accumulation: micro-batches of data.batch_size / this
+            "eval_every": 500,  # validation every N steps and at the end (0: off)
+            "eval_batches": 8,
+            "init_from": "",  # a Hugging Face Molmo2 directory to start from (the scorer starts fresh)
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+            "optimizer": {
+                "learning_rates": [list(rule) for rule in OptimizerConfig.learning_rates],
+                "warmup_steps": 200,
+                "total_steps": steps,
+                "freeze": [],
+            },
+        }
+    )
+    train.optimizer.update(optimizer)
+    train.update(changes)
+    return train
 
 
 def _fields(cls, section: ml_collections.ConfigDict, name: str) -> dict[str, Any]:

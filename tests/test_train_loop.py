@@ -29,6 +29,7 @@ def overrides(data_dir, steps, every):
         "--config.data.eval_examples=8",
         "--config.data.test_examples=8",
         "--config.data.llm_seq_len=160",
+        "--config.train.eval_every=0",
     ]
 
 
@@ -39,7 +40,7 @@ def load_config(data_dir, steps, every, **changes):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("variant=tiny,frames=4")
-    config.train.steps, config.train.checkpoint_every = steps, every
+    config.train.steps, config.train.checkpoint_every, config.train.eval_every = steps, every, 0
     config.data.update(data_dir=data_dir, train_examples=40, eval_examples=8, test_examples=8, llm_seq_len=160)
     for key, value in changes.items():
         section, field = key.split("__")
@@ -98,13 +99,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     process = cli(tmp_path, data_dir, 1000, 1000)
     deadline = time.time() + 300
     metrics = tmp_path / "metrics.jsonl"
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+    train_lines = lambda: [line for line in metrics.read_text().splitlines() if "train/loss" in line]
+    while not metrics.exists() or len(train_lines()) < 2:
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-2000:]
-    steps_done = len(metrics.read_text().splitlines())
+    steps_done = len(train_lines())
     assert checkpoint.manager(str(tmp_path)).latest_step() == steps_done < 1000
 
 
@@ -112,6 +114,50 @@ def test_workdir_with_a_checkpoint_of_another_model_is_refused(data_dir, tmp_pat
     train(load_config(data_dir, 2, 2), str(tmp_path))
     with pytest.raises(CheckpointError, match="another model shape"):
         train(load_config(data_dir, 4, 2, stts__method="random"), str(tmp_path))  # no scorer params
+
+
+def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
+    """Starts from a transformers-format Molmo2 directory (scorer fresh), trains the scorer only,
+    evaluates on the validation split, and writes the same scalars to TensorBoard and metrics.jsonl."""
+    import dataclasses
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from stts_jax.configs import model_config
+    from stts_jax.convert.hf import abstract_params, save_molmo2
+
+    config = load_config(data_dir, 2, 2, train__eval_every=1, train__eval_batches=2)
+    config.train.optimizer.freeze = ["(vit|connector|text|lm_head)/.*"]
+    backbone = dataclasses.replace(
+        model_config(config), stts=dataclasses.replace(model_config(config).stts, method="none")
+    )
+    rng = np.random.default_rng(3)
+    pretrained = jax.tree.map(
+        lambda x: (0.02 * rng.standard_normal(x.shape)).astype(x.dtype), abstract_params(backbone)
+    )
+    save_molmo2(backbone, pretrained, str(tmp_path / "hf"))
+    config.train.init_from = str(tmp_path / "hf")
+    train(config, str(tmp_path / "run"))
+
+    step, params = final_params(tmp_path / "run")
+    assert step == 2 and set(params) == set(pretrained) | {"scorer"}
+    for a, b in zip(jax.tree.leaves({k: params[k] for k in pretrained}), jax.tree.leaves(pretrained), strict=True):
+        np.testing.assert_array_equal(a, b)  # loaded, then frozen
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validation = [line for line in lines if "validation/answer_accuracy" in line]
+    assert [line["step"] for line in validation] == [1, 2]
+    assert all(line["validation/answer_examples"] > 0 and line["validation/llm_tokens"] > 0 for line in validation)
+    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    assert {"train/loss", "train/tokens_per_second", "validation/answer_accuracy"} <= set(events.Tags()["scalars"])
+    logged = [e.value for e in events.Scalars("validation/answer_loss")]
+    np.testing.assert_allclose(logged, [line["validation/answer_loss"] for line in validation], rtol=1e-6)
+
+    other = dataclasses.replace(backbone, text=dataclasses.replace(backbone.text, intermediate_size=48))
+    save_molmo2(other, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(other)), str(tmp_path / "other"))
+    config.train.init_from = str(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        train(config, str(tmp_path / "run2"))
 
 
 def _free_port() -> int:

@@ -1,34 +1,38 @@
-"""The training loop: data, mesh, sharded state, resume, steps, metrics, checkpoints, SIGTERM.
+"""The training loop: data, mesh, sharded state, resume, steps, validation, metrics, checkpoints, SIGTERM.
 
 Every host runs the same command; each reads its own data shard and the global batch is assembled
 with `jax.make_array_from_process_local_data`. The run resumes from the latest checkpoint in
-`workdir` (state and data iterator); SIGTERM (TPU preemption) saves and returns cleanly.
+`workdir` (state and data iterator), or starts from `train.init_from` (a Hugging Face Molmo2
+directory; the scorer is freshly initialised) or from scratch. SIGTERM (TPU preemption) saves and
+returns cleanly. Metrics go to TensorBoard event files and metrics.jsonl in `workdir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import signal
 import time
 
+import flax.traverse_util
 import jax
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from jax.experimental import multihost_utils
 
 from stts_jax.configs import model_config, pipeline_config
-from stts_jax.data.builders import SyntheticBuilderConfig, build_synthetic
+from stts_jax.convert.hf import CheckpointError, load_molmo2
+from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import make_dataset, to_model_batch
 from stts_jax.data.synthetic import SyntheticConfig
-from stts_jax.data.tokenizer import synthetic_tokenizer
+from stts_jax.data.tokenizer import load_tokenizer, synthetic_tokenizer
 from stts_jax.train import checkpoint
+from stts_jax.train.metrics import MetricsWriter
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
-from stts_jax.train.step import init_state, param_shapes, sharded_init, sharded_train_step
+from stts_jax.train.step import init_state, param_shapes, sharded_eval_step, sharded_init, sharded_train_step
 
 log = logging.getLogger(__name__)
 
@@ -37,69 +41,153 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
 
 
-def _source(config: ml_collections.ConfigDict, split: str):
+def _prepare_once(build) -> None:
+    """Builds a dataset on process 0 only (one writer); the other hosts wait for it."""
+    if jax.process_index() == 0:
+        build()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dataset built")
+
+
+def source(config: ml_collections.ConfigDict, split: str):
+    """(random-access source of `split`, tokenizer), building the TFDS dataset first if needed."""
     data = config.data
     if data.dataset == "synthetic_video_qa":
         synthetic = SyntheticConfig(frames=data.frames)
         name = f"f{data.frames}"
         counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
-        if jax.process_index() == 0:  # one writer; the other hosts wait for it
-            build_synthetic(data.data_dir, SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts))
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("synthetic dataset built")
-        return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split), (
-            synthetic_tokenizer(synthetic.vocabulary())
+        builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
+        _prepare_once(lambda: build_synthetic(data.data_dir, builder))
+        tokenizer = synthetic_tokenizer(synthetic.vocabulary())
+        return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split), tokenizer
+    if data.dataset == "manifest_video_qa":
+        manifests = {"train": data.train_manifest, "validation": data.eval_manifest, "test": data.get("test_manifest")}
+        if not manifests.get(split):
+            raise TrainingError(f"no manifest for the {split} split: set --config.data.{split}_manifest=PATH.jsonl")
+        if not data.get("tokenizer"):
+            raise TrainingError("data.tokenizer is empty: pass --config.data.tokenizer=PATH/tokenizer.json (Qwen3's).")
+        name = data.get("name", "default")
+        builder = ManifestVideoQA(
+            data_dir=data.data_dir,
+            config=ManifestBuilderConfig(
+                name=name,
+                manifests=tuple((k, v) for k, v in manifests.items() if v),
+                max_frames=data.video_frames,
+                strict=data.strict,
+            ),
+            file_format="array_record",
         )
-    raise TrainingError(f"data.dataset {data.dataset!r}: the training loop reads synthetic_video_qa so far.")
+        _prepare_once(builder.download_and_prepare)
+        source = tfds.data_source(f"manifest_video_qa/{name}", data_dir=data.data_dir, split=split)
+        return source, load_tokenizer(data.tokenizer)
+    raise TrainingError(f"data.dataset {data.dataset!r}: expected synthetic_video_qa or manifest_video_qa.")
+
+
+def init_from_pretrained(state, path: str, shardings):
+    """`state` with every parameter that a Hugging Face Molmo2 directory holds replaced by its value;
+    the parameters it lacks (the STTS scorer) keep their fresh initialisation."""
+    _, loaded = load_molmo2(path)
+    ours = flax.traverse_util.flatten_dict(state.params, sep="/")
+    theirs = flax.traverse_util.flatten_dict(loaded, sep="/")
+    place = flax.traverse_util.flatten_dict(shardings.params, sep="/")
+    for name, value in theirs.items():
+        if name not in ours or ours[name].shape != value.shape:
+            found = "missing here" if name not in ours else f"{value.shape} there, {ours[name].shape} here"
+            raise CheckpointError(
+                f"{path}: parameter {name} does not fit this model ({found}); set model.variant to the "
+                "checkpoint's sizes."
+            )
+    fresh = sorted(n for n in ours if n not in theirs)
+    if any(not n.startswith("scorer/") for n in fresh):
+        raise CheckpointError(f"{path} lacks {[n for n in fresh if not n.startswith('scorer/')][:5]} of this model.")
+    value = lambda n: np.asarray(theirs[n], ours[n].dtype)
+    params = {
+        n: jax.make_array_from_callback(ours[n].shape, place[n], lambda i, n=n: value(n)[i]) if n in theirs else ours[n]
+        for n in ours
+    }
+    log.info("initialised from %s (%d tensors; fresh: %s)", path, len(theirs), ", ".join(fresh) or "none")
+    return state.replace(params=flax.traverse_util.unflatten_dict(params, sep="/"))
 
 
 def _global(batch_array, sharding):
     return jax.make_array_from_process_local_data(sharding, batch_array)
 
 
+def _mean_by(batches: list[dict]) -> dict[str, float]:
+    """Validation metrics over batches, each ratio weighted by the count it is a ratio of."""
+    weights = {"answer_loss": "answer_tokens", "answer_token_accuracy": "answer_tokens"}
+    weights["answer_accuracy"] = "answer_examples"
+    total = lambda k: sum(b[k] for b in batches)
+    result = {}
+    for name in batches[0]:
+        weight = weights.get(name)
+        if weight:
+            result[name] = sum(b[name] * b[weight] for b in batches) / max(total(weight), 1)
+        elif name in ("answer_tokens", "answer_examples", "llm_tokens", "overflow_rows"):
+            result[name] = total(name)
+        else:
+            result[name] = total(name) / len(batches)
+    return result
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains to config.train.steps (resuming from `workdir`); returns the last step's metrics."""
+    """Trains to config.train.steps (resuming from `workdir`); returns the last step's train metrics."""
     model = model_config(config)
     pipeline = pipeline_config(config, model)
     if model.stts.prunes and model.stts.llm_seq_len is None:
         model = dataclasses.replace(model, stts=dataclasses.replace(model.stts, llm_seq_len=pipeline.llm_seq_len))
-    source, tokenizer = _source(config, "train")
-    dataset, preprocess = make_dataset(source, model, pipeline, tokenizer)
-    mesh = make_mesh(MeshConfig(**config.train.mesh))
+    train_cfg = config.train
+    if pipeline.batch_size % train_cfg.accumulate_steps:
+        raise TrainingError(
+            f"data.batch_size {pipeline.batch_size} is not divisible by train.accumulate_steps "
+            f"{train_cfg.accumulate_steps}; choose a divisor of the batch size."
+        )
+    train_source, tokenizer = source(config, "train")
+    dataset, preprocess = make_dataset(train_source, model, pipeline, tokenizer)
+    validation = None
+    if train_cfg.eval_every:
+        eval_pipeline = dataclasses.replace(pipeline, shuffle=False)  # the same batches at every evaluation
+        validation, _ = make_dataset(source(config, "validation")[0], model, eval_pipeline, tokenizer)
+    mesh = make_mesh(MeshConfig(**train_cfg.mesh))
     rows = batch_sharding(mesh, pipeline.batch_size * jax.process_count())
 
-    sample_video, sample_targets = to_model_batch(next(iter(dataset)), model)  # shapes only
+    sample_video, _ = to_model_batch(next(iter(dataset)), model)  # shapes only
     opt_cfg = OptimizerConfig(
-        **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in config.train.optimizer.items()}
+        **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in train_cfg.optimizer.items()}
     )
     optimizer = make_optimizer(opt_cfg, param_shapes(model, sample_video))
-    state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, config.train.seed), sample_video)
+    state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
-    mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    mgr = checkpoint.manager(workdir, train_cfg.keep_checkpoints)
     iterator = iter(dataset)
-    restored = checkpoint.restore(mgr, state_shape, shardings, iterator)
-    if restored is None:
+    state = checkpoint.restore(mgr, state_shape, shardings, iterator)
+    if state is None:
         global_sample = jax.tree.map(lambda x: _global(x, rows), sample_video)
-        state = sharded_init(model, optimizer, global_sample, config.train.seed, shardings)
+        state = sharded_init(model, optimizer, global_sample, train_cfg.seed, shardings)
+        if train_cfg.init_from:
+            state = init_from_pretrained(state, train_cfg.init_from, shardings)
     else:
-        state = restored
         log.info("resumed from step %d in %s", int(state.step), workdir)
-    accumulate = config.train.get("accumulate_steps", 1)
-    if pipeline.batch_size % accumulate:
-        raise TrainingError(
-            f"data.batch_size {pipeline.batch_size} is not divisible by train.accumulate_steps {accumulate}."
-        )
-    step_fn = sharded_train_step(model, optimizer, shardings, rows, accumulate)
+    step_fn = sharded_train_step(model, optimizer, shardings, rows, train_cfg.accumulate_steps)
+    eval_fn = sharded_eval_step(model, shardings.params, rows)
+
+    def evaluate(params) -> dict[str, float]:
+        batches, eval_iterator = [], iter(validation)
+        rng = jax.random.key_data(jax.random.key(train_cfg.seed))
+        for _ in range(train_cfg.eval_batches):
+            video, targets = to_model_batch(next(eval_iterator), model)
+            result = eval_fn(params, jax.tree.map(lambda x: _global(x, rows), video), _global(targets, rows), rng)
+            batches.append({k: float(v) for k, v in jax.device_get(result).items()})
+        return _mean_by(batches)
 
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    primary = jax.process_index() == 0
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl") if primary else os.devnull, "a")  # noqa: SIM115
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     metrics: dict = {}
     try:
         step = int(state.step)
-        bar = tqdm.tqdm(total=config.train.steps, initial=step, desc="train", disable=jax.process_index() != 0)
-        while step < config.train.steps and not stop["requested"]:
+        bar = tqdm.tqdm(total=train_cfg.steps, initial=step, desc="train", disable=jax.process_index() != 0)
+        while step < train_cfg.steps and not stop["requested"]:
             start = time.perf_counter()
             video, targets = to_model_batch(next(iterator), model)
             state, metrics = step_fn(state, jax.tree.map(lambda x: _global(x, rows), video), _global(targets, rows))
@@ -112,17 +200,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if metrics["rejected"]:
                 log.warning("step %d: non-finite loss or gradient; the update was rejected, state kept", step)
             step = int(state.step)
+            seconds = time.perf_counter() - start
             metrics.update(
-                step=step, step_seconds=time.perf_counter() - start, skipped_examples=sum(preprocess.skipped.values())
+                step_seconds=seconds,
+                tokens_per_second=metrics["llm_tokens"] / seconds,
+                skipped_examples=sum(preprocess.skipped.values()),
             )
-            metrics_file.write(json.dumps(metrics) + "\n")
+            writer.write(step, metrics, "train")
             bar.update(1 - int(metrics["rejected"]))
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["requested"]:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['answer_accuracy']:.2f}")
+            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps or stop["requested"]:
                 checkpoint.save(mgr, step, state, iterator)
+            if validation is not None and (step % train_cfg.eval_every == 0 or step == train_cfg.steps):
+                result = evaluate(state.params)
+                writer.write(step, result, "validation")
+                bar.write(f"step {step}: validation answer accuracy {result['answer_accuracy']:.3f}")
         bar.close()
+        metrics["step"] = step
     finally:
         mgr.wait_until_finished()
-        metrics_file.close()
+        writer.close()
         signal.signal(signal.SIGTERM, previous)
     return metrics

@@ -29,10 +29,24 @@ def answer_cross_entropy(logits, input_ids, targets, segment_ids, normalizer=Non
     count = mask.sum()
     correct = (jnp.argmax(logits, -1) == labels) & mask
     denominator = jnp.maximum(count, 1)
+    answered, right = example_accuracy(mask, correct, segment_ids[:, 1:])
     return (ce * mask).sum() / (denominator if normalizer is None else normalizer), {
         "answer_tokens": count,
         "answer_token_accuracy": correct.sum() / denominator,
+        "answer_examples": answered,
+        "answer_accuracy": right / jnp.maximum(answered, 1),
     }
+
+
+def example_accuracy(mask, correct, segment_ids):
+    """(examples with answer tokens, examples whose every answer token is predicted right).
+
+    mask / correct / segment_ids: [batch, n]; an example is a (row, segment id) pair."""
+    rows, n = mask.shape
+    example = (jnp.arange(rows)[:, None] * n + segment_ids).reshape(-1)
+    has_answer = jax.ops.segment_max(mask.reshape(-1).astype(jnp.int32), example, rows * n)
+    any_wrong = jax.ops.segment_max((mask & ~correct).reshape(-1).astype(jnp.int32), example, rows * n)
+    return (has_answer > 0).sum(), ((has_answer > 0) & (any_wrong <= 0)).sum()
 
 
 def training_loss(logits, out: dict, batch, targets, aux_weight: float, normalizer=None):
@@ -41,7 +55,7 @@ def training_loss(logits, out: dict, batch, targets, aux_weight: float, normaliz
         targets = gather_tokens(targets, out["llm/source_index"])
     ce, metrics = answer_cross_entropy(logits, out["llm/input_ids"], targets, out["llm/segment_ids"], normalizer)
     aux = out.get("stts/aux_loss", jnp.zeros(()))
-    metrics.update({"answer_loss": ce, "aux_loss": aux})
+    metrics.update({"answer_loss": ce, "aux_loss": aux, "llm_tokens": (out["llm/segment_ids"] > 0).sum()})
     if "stts/keep" in out:
         real = batch.frame_video_ids > 0
         metrics["kept_window_ratio"] = out["stts/keep"].sum() / jnp.maximum(real.sum() * out["stts/keep"].shape[2], 1)

@@ -69,9 +69,13 @@ def _train_step(
     else:
         (losses, all_metrics), all_grads = jax.lax.map(micro_grads, micros)
         loss, grads = losses.sum(), jax.tree.map(lambda g: g.sum(0), all_grads)
-        counts = ("answer_tokens", "overflow_rows")
+        counts = ("answer_tokens", "answer_examples", "answer_loss", "overflow_rows", "llm_tokens")
         metrics = {k: v.sum() if k in counts else v.mean() for k, v in all_metrics.items()}
-        metrics["aux_loss"] = all_metrics["aux_loss"].mean()
+        weighted = lambda name, weight: (
+            (all_metrics[name] * all_metrics[weight]).sum() / jnp.maximum(all_metrics[weight].sum(), 1)
+        )
+        metrics["answer_accuracy"] = weighted("answer_accuracy", "answer_examples")
+        metrics["answer_token_accuracy"] = weighted("answer_token_accuracy", "answer_tokens")
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -100,6 +104,22 @@ def sharded_train_step(
         in_shardings=(state_sharding, batch_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
+    )
+
+
+def _eval_step(cfg: Molmo2Config, params: dict, batch: VideoBatch, targets: Array, rng: Array) -> dict:
+    """Validation metrics of one batch (no update); `rng` is raw key data (random pruning draws from it)."""
+    logits, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.wrap_key_data(rng)})
+    _, metrics = training_loss(logits, out, batch, targets, cfg.stts.effective_aux_weight)
+    return metrics
+
+
+def sharded_eval_step(cfg: Molmo2Config, params_sharding, batch_sharding):
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        functools.partial(_eval_step, cfg),
+        in_shardings=(params_sharding, batch_sharding, batch_sharding, replicated),
+        out_shardings=replicated,
     )
 
 
