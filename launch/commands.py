@@ -135,9 +135,10 @@ def aot_command(run: Run) -> list[str]:
 
 
 def tpu_requirements() -> list[str]:
-    """What a TPU host installs beside the package: the jax this machine compiled the pre-flight with,
-    with the libtpu that version pins, so the pod runs the program the pre-flight checked."""
-    return [f"jax[tpu]=={importlib.metadata.version('jax')}"]
+    """What a TPU host installs beside the package: the jax this machine compiled the pre-flight with, with
+    the libtpu that version pins, so the pod runs the program the pre-flight checked; and gcsfs, without
+    which etils (used by TFDS and Orbax) cannot open gs:// paths when TensorFlow is not installed."""
+    return [f"jax[tpu]=={importlib.metadata.version('jax')}", "gcsfs"]
 
 
 def python_version() -> str:

@@ -13,7 +13,15 @@ import tempfile
 import pytest
 
 from launch import tpu_vm, xpk
-from launch.commands import LaunchError, StepFailed, execute, make_run, parse_accelerator, train_command
+from launch.commands import (
+    REPO_ROOT,
+    LaunchError,
+    StepFailed,
+    execute,
+    make_run,
+    parse_accelerator,
+    train_command,
+)
 
 GCS_DATA = "--config.data.data_dir=gs://my-bucket/tfds"
 TRICKY = {"data.data_dir": "gs://my-bucket/Bob's data, v2", "stts.method": "stts", "stts.prune_ratio": 0.3}
@@ -249,3 +257,14 @@ def test_make_run_refuses_what_a_pod_cannot_use():
     with pytest.raises(LaunchError, match="share no disk"):  # the synthetic config keeps its data in /tmp
         make_run("configs/synthetic.py", "gs://my-bucket/run", {}, "v6e-16")
     assert make_run("configs/synthetic.py", "gs://my-bucket/run", {}, "v6e-8").hosts == 1  # one host: local is fine
+
+
+def test_every_launch_command_in_the_readme_dry_runs(capsys):
+    readme = (REPO_ROOT / "launch" / "README.md").read_text()
+    commands = [shlex.split(block.replace("\\\n", " ")) for block in re.findall(r"```bash\n(.*?)```", readme, re.S)]
+    assert len(commands) >= 5
+    for python, dash_m, module, *argv in commands:
+        assert (python, dash_m, "--dry-run") == ("python", "-m", argv[-1])
+        main = {"launch.tpu_vm": tpu_vm.main, "launch.xpk": xpk.main}[module]
+        assert main(argv, run_command=never_run) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.splitlines()[3].startswith(f"{sys.executable} -m stts_jax.aot ")
