@@ -7,6 +7,24 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synthetic_config(data_dir, steps, every, **changes):
+    """configs/synthetic.py at test sizes (tiny model, 4 frames, 40 training examples); `changes` as
+    section__field=value, e.g. stts__method="random"."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_config", os.path.join(ROOT, "configs", "synthetic.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("variant=tiny,frames=4")
+    config.train.steps, config.train.checkpoint_every, config.train.eval_every = steps, every, 0
+    config.data.update(data_dir=data_dir, train_examples=40, eval_examples=8, test_examples=8, llm_seq_len=160)
+    for key, value in changes.items():
+        section, field = key.split("__")
+        config[section][field] = value
+    return config
 
 
 @pytest.fixture(scope="session")

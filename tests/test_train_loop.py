@@ -11,12 +11,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import ROOT
+from conftest import synthetic_config as load_config
 
 from stts_jax.convert.hf import CheckpointError
 from stts_jax.train import checkpoint
 from stts_jax.train.loop import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def overrides(data_dir, steps, every):
@@ -31,21 +31,6 @@ def overrides(data_dir, steps, every):
         "--config.data.llm_seq_len=160",
         "--config.train.eval_every=0",
     ]
-
-
-def load_config(data_dir, steps, every, **changes):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("synthetic_config", os.path.join(ROOT, "configs", "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("variant=tiny,frames=4")
-    config.train.steps, config.train.checkpoint_every, config.train.eval_every = steps, every, 0
-    config.data.update(data_dir=data_dir, train_examples=40, eval_examples=8, test_examples=8, llm_seq_len=160)
-    for key, value in changes.items():
-        section, field = key.split("__")
-        config[section][field] = value
-    return config
 
 
 def cli(workdir, data_dir, steps, every):
@@ -154,7 +139,9 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
     np.testing.assert_allclose(logged, [line["validation/answer_loss"] for line in validation], rtol=1e-6)
 
     other = dataclasses.replace(backbone, text=dataclasses.replace(backbone.text, intermediate_size=48))
-    save_molmo2(other, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(other)), str(tmp_path / "other"))
+    save_molmo2(
+        other, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(other)), str(tmp_path / "other")
+    )
     config.train.init_from = str(tmp_path / "other")
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train(config, str(tmp_path / "run2"))

@@ -136,9 +136,8 @@ def abstract_params(cfg: Molmo2Config) -> Any:
 
 def _sample_batch(cfg: Molmo2Config) -> VideoBatch:
     ids = jnp.zeros((1, 4), jnp.int32)
-    return VideoBatch(
-        ids, ids + 1, ids, jnp.zeros((1, 1, cfg.vision.num_patches, cfg.vision.patch_dim)), ids[:, :1, None]
-    )
+    pixels = jnp.zeros((1, 1, cfg.vision.num_patches, cfg.vision.patch_dim))
+    return VideoBatch(ids, ids + 1, ids, pixels, ids[:, :1, None], frame_video_ids=ids[:, :1] + 1)
 
 
 def hf_to_params(cfg: Molmo2Config, tensors: Mapping[str, np.ndarray], source: str = "checkpoint") -> dict:

@@ -73,23 +73,31 @@ class Preprocess:
         log.warning("skipping example %s: %s", name, message)
         self.skipped[kind] += 1
 
+    def frames(self, example: dict) -> tuple[np.ndarray, list[float]]:
+        """The example's frames [T, H, W, 3] and timestamps; the `fewer_frames` baseline keeps
+        uniformly spread frames (first and last included) for the vision-token budget of ratio k."""
+        frames, times = example["video"], example["timestamps"]
+        if self.cfg.stts.method == "fewer_frames":
+            count = budget.fewer_frames(len(frames), self.windows, self.cfg.stts.prune_ratio)
+            keep = np.round(np.linspace(0, len(frames) - 1, count)).astype(np.int64)
+            frames, times = frames[keep], times[keep]
+        return frames, [float(t) for t in times]
+
+    def prompt(self, example: dict, times: list[float], with_answer: bool = True) -> dict:
+        """Token ids and answer targets of the example's prompt (without the answer for evaluation)."""
+        options = [as_text(o) for o in example["options"]]
+        answer = int(example["answer"]) if options else as_text(example["answer_text"])
+        question = as_text(example["question"])
+        return video_prompt(
+            self.tokenizer, self.cfg, times, self.windows, question, options, answer if with_answer else None
+        )
+
     def __call__(self, example: dict) -> dict | None:
-        frames = example["video"]
+        frames, times = self.frames(example)
         if len(frames) > self.p.max_frames:
             self._skip(example, "too many frames", f"{len(frames)} frames > max_frames {self.p.max_frames}")
             return None
-        text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
-        options = [text(o) for o in example["options"]]
-        answer = int(example["answer"]) if options else text(example["answer_text"])
-        prompt = video_prompt(
-            self.tokenizer,
-            self.cfg,
-            example["timestamps"].tolist(),
-            self.windows,
-            text(example["question"]),
-            options,
-            answer,
-        )
+        prompt = self.prompt(example, times)
         length = len(prompt["input_ids"]) - budget.pruned_windows(len(frames), self.windows, self.p.prune_ratio)
         if length > self.p.llm_seq_len:
             self._skip(example, "too long", f"{length} tokens after pruning > llm_seq_len {self.p.llm_seq_len}")
@@ -101,6 +109,10 @@ class Preprocess:
             "pixels": patchify(resize(frames, v.image_size[0]), v.patch_size),
             "llm_tokens": np.ones(length, np.int32),  # occupies the post-pruning budget
         }
+
+
+def as_text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def make_dataset(

@@ -194,6 +194,10 @@ class Molmo2Config:
     def replace(self, **changes: Any) -> Molmo2Config:
         return dataclasses.replace(self, **changes)
 
+    def with_stts(self, **changes: Any) -> Molmo2Config:
+        """The same model with STTS fields changed (e.g. method, prune_ratio at inference), validated."""
+        return dataclasses.replace(self, stts=dataclasses.replace(self.stts, **changes)).validate()
+
     def validate(self) -> Molmo2Config:
         v, a, t = self.vision, self.adapter, self.text
         for name, sub in (("vision", v), ("adapter", a), ("text", t)):

@@ -15,9 +15,12 @@ from stts_jax.models.vlm import Molmo2, VideoBatch
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
-def greedy_generate(cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens: int) -> Array:
-    """The `max_new_tokens` greedy continuations [batch, max_new_tokens] of each row's prompt.
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "prompt_logits"))
+def greedy_generate(
+    cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens: int, prompt_logits: bool = False
+) -> Array | tuple[Array, Array]:
+    """The `max_new_tokens` greedy continuations [batch, max_new_tokens] of each row's prompt, and with
+    `prompt_logits` also the logits [batch, vocab] after each row's last prompt token (the first step).
 
     One example per row; rows may be padded on either side (segment id 0). New tokens go to cache
     slots after the prompt and continue the row's positions from its last real token.
@@ -56,4 +59,4 @@ def greedy_generate(cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens
 
     tokens = jnp.zeros((b, max_new_tokens), jnp.int32)
     *_, tokens = jax.lax.fori_loop(0, max_new_tokens, step, (out["cache"], kv_segments, token, tokens))
-    return tokens
+    return (tokens, logits[rows, last]) if prompt_logits else tokens

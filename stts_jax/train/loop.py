@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 
@@ -36,6 +37,8 @@ from stts_jax.train.step import init_state, param_shapes, sharded_eval_step, sha
 
 log = logging.getLogger(__name__)
 
+CONFIG_FILE = "config.json"  # the run's experiment config, beside checkpoints/
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
@@ -53,9 +56,12 @@ def source(config: ml_collections.ConfigDict, split: str):
     """(random-access source of `split`, tokenizer), building the TFDS dataset first if needed."""
     data = config.data
     if data.dataset == "synthetic_video_qa":
-        synthetic = SyntheticConfig(frames=data.frames)
-        name = f"f{data.frames}"
+        fps = data.get("fps", 2.0)  # raised with the frame count for test-time scaling: same clip, denser
+        synthetic = SyntheticConfig(frames=data.frames, fps=fps)
         counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
+        counts = tuple((k, n) for k, n in counts if n > 0)
+        # the name holds everything that changes the stored examples, so a data_dir never serves stale ones
+        name = f"f{data.frames}_fps{fps:g}_".replace(".", "p") + "_".join(f"{k}{n}" for k, n in counts)
         builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
         _prepare_once(lambda: build_synthetic(data.data_dir, builder))
         tokenizer = synthetic_tokenizer(synthetic.vocabulary())
@@ -135,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = model_config(config)
     pipeline = pipeline_config(config, model)
     if model.stts.prunes and model.stts.llm_seq_len is None:
-        model = dataclasses.replace(model, stts=dataclasses.replace(model.stts, llm_seq_len=pipeline.llm_seq_len))
+        model = model.with_stts(llm_seq_len=pipeline.llm_seq_len)
     train_cfg = config.train
     if pipeline.batch_size % train_cfg.accumulate_steps:
         raise TrainingError(
@@ -183,6 +189,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    if jax.process_index() == 0:  # what evaluate / export rebuild the model from
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json(indent=2))
     metrics: dict = {}
     try:
         step = int(state.step)

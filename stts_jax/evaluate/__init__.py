@@ -1,0 +1,211 @@
+"""Multiple-choice video-QA evaluation, per question family, and test-time scaling of the frame count.
+
+Two scoring modes, selectable: `generate` (greedy decoding with the KV cache; the first generated
+token must be the correct option's letter) and `likelihood` (the option whose letter has the highest
+log-probability after the prompt). Both read the same prefill, so wherever the generated token is an
+option letter they pick the same option. One example per row; pruning runs exactly as in training,
+with the method and ratio of the model config, which the caller may set apart from training's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import string
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from tokenizers import Tokenizer
+
+from stts_jax.data.frames import normalize, patchify, resize
+from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text, windows_per_frame
+from stts_jax.data.pooling import video_pooling_indices
+from stts_jax.models.config import ConfigError, Molmo2Config
+from stts_jax.models.generate import greedy_generate
+from stts_jax.models.vlm import VideoBatch
+from stts_jax.stts import budget
+
+SCORING = ("generate", "likelihood")
+
+
+def frames_for_equal_tokens(prune_ratio: float, base_frames: int, windows: int = 81) -> int:
+    """Test-time scaling (STTS.md section 7): the fewest frames whose kept vision tokens at `prune_ratio`
+    reach the unpruned model's at `base_frames` (Molmo2, 64 frames: k = 0.3 / 0.4 / 0.5 -> 92 / 107 / 128)."""
+    if not 0 <= prune_ratio < 1:
+        raise ConfigError(f"prune_ratio {prune_ratio} must lie in [0, 1) for test-time scaling.")
+    frames = base_frames
+    while budget.kept_windows(frames, windows, prune_ratio) < base_frames * windows:
+        frames += 1
+    return frames
+
+
+def scaled_data(config: ml_collections.ConfigDict, frames: int | None, split: str) -> ml_collections.ConfigDict:
+    """The experiment config with its `split` data sampled at `frames` frames per video (None: as is).
+
+    Synthetic videos keep their duration (the frame rate rises with the count) and only `split` is
+    built; manifest videos are decoded at up to `frames` frames, into a dataset of its own name."""
+    config = copy.deepcopy(config)
+    data = config.data
+    if frames is None:
+        return config
+    if data.dataset == "synthetic_video_qa":
+        data.fps = data.get("fps", 2.0) * frames / data.frames
+        data.frames = frames
+        counts = {"train": "train_examples", "validation": "eval_examples", "test": "test_examples"}
+        for name, field in counts.items():
+            data[field] = data[field] if name == split else 0
+    else:
+        data.name = f"{data.get('name', 'default')}_f{frames}"
+        data.video_frames = frames
+    return config
+
+
+@dataclasses.dataclass
+class _Example:
+    index: int
+    family: str
+    answer: int
+    letters: list[int]  # token id of each option's letter
+    input_ids: np.ndarray  # [L] the prompt without the answer
+    pixels: np.ndarray  # [T, patches, patch_dim] uint8
+    vision_tokens: int  # LLM vision tokens after pruning
+
+
+def letter_ids(tokenizer: Tokenizer, options: int) -> list[int]:
+    """The token id of each option letter as the answer starts with it (a letter is one token in
+    Qwen3's and the synthetic tokenizer)."""
+    ids = []
+    for letter in string.ascii_uppercase[:options]:
+        encoded = tokenizer.encode(letter, add_special_tokens=False).ids
+        if len(encoded) != 1:
+            raise ValueError(f"option letter {letter!r} is {len(encoded)} tokens in this tokenizer; expected one.")
+        ids.append(encoded[0])
+    return ids
+
+
+def _examples(source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None) -> list[_Example]:
+    pipeline = PipelineConfig(max_frames=1 << 30, llm_seq_len=1 << 30)
+    preprocess = Preprocess(cfg, pipeline, tokenizer)
+    windows = windows_per_frame(cfg)
+    ratio = cfg.stts.prune_ratio if cfg.stts.prunes else 0.0
+    examples = []
+    for index in range(len(source) if limit is None else min(limit, len(source))):
+        record = source[index]
+        if not len(record["options"]):
+            raise ValueError(f"example {index} has no options; multiple-choice evaluation needs them.")
+        frames, times = preprocess.frames(record)
+        prompt = preprocess.prompt(record, times, with_answer=False)
+        examples.append(
+            _Example(
+                index=index,
+                family=as_text(record.get("family", "all")),
+                answer=int(record["answer"]),
+                letters=letter_ids(tokenizer, len(record["options"])),
+                input_ids=prompt["input_ids"],
+                pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
+                vision_tokens=budget.kept_windows(len(frames), windows, ratio),
+            )
+        )
+    return examples
+
+
+def _batch(rows: Sequence[_Example], cfg: Molmo2Config, seq_len: int, frame_slots: int) -> VideoBatch:
+    b = len(rows)
+    input_ids = np.zeros((b, seq_len), np.int32)
+    segment_ids = np.zeros((b, seq_len), np.int32)
+    pixels = np.zeros((b, frame_slots, *rows[0].pixels.shape[1:]), np.uint8)
+    frame_ids = np.zeros((b, frame_slots), np.int32)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row.input_ids)] = row.input_ids
+        segment_ids[i, : len(row.input_ids)] = 1
+        pixels[i, : len(row.pixels)] = row.pixels
+        frame_ids[i, : len(row.pixels)] = 1
+    pooling = video_pooling_indices(frame_slots, *cfg.vision.patch_grid, *cfg.adapter.pooling_size)
+    return VideoBatch(
+        input_ids=jnp.asarray(input_ids),
+        segment_ids=jnp.asarray(segment_ids),
+        positions=jnp.asarray(np.broadcast_to(np.arange(seq_len, dtype=np.int32), (b, seq_len))),
+        pixel_values=normalize(jnp.asarray(pixels)),
+        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
+        frame_video_ids=jnp.asarray(frame_ids),
+    )
+
+
+def evaluate(
+    cfg: Molmo2Config,
+    params: Any,
+    source,
+    tokenizer: Tokenizer,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes.
+
+    Returns {"examples", "accuracy": {mode: overall}, "families": {family: {"count", mode: acc}},
+    "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}."""
+    examples = _examples(source, cfg, tokenizer, limit)
+    if not examples:
+        raise ValueError("the evaluation split is empty.")
+    seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
+    frame_slots = max(len(e.pixels) for e in examples)
+    run_cfg = cfg
+    if cfg.stts.prunes:
+        run_cfg = cfg.with_stts(llm_seq_len=seq_len, max_videos_per_row=1)
+    params = jax.device_put(params)
+    predictions = []
+    for start in tqdm.trange(0, len(examples), batch_size, desc="evaluate", disable=not progress):
+        rows = examples[start : start + batch_size]
+        padded = list(rows) + [rows[-1]] * (batch_size - len(rows))  # a fixed batch shape: one compile
+        tokens, logits = greedy_generate(
+            run_cfg, params, _batch(padded, cfg, seq_len, frame_slots), 1, prompt_logits=True
+        )
+        tokens, log_probs = np.asarray(tokens[:, 0]), np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+        for i, row in enumerate(rows):
+            generated = row.letters.index(tokens[i]) if tokens[i] in row.letters else -1
+            chosen = int(np.argmax(log_probs[i, row.letters]))
+            predictions.append(
+                {
+                    "index": row.index,
+                    "family": row.family,
+                    "answer": row.answer,
+                    "generate": generated,
+                    "likelihood": chosen,
+                }
+            )
+    families: dict[str, dict] = defaultdict(lambda: {"count": 0, **{m: 0 for m in SCORING}})
+    for p in predictions:
+        family = families[p["family"]]
+        family["count"] += 1
+        for mode in SCORING:
+            family[mode] += int(p[mode] == p["answer"])
+    for family in families.values():
+        for mode in SCORING:
+            family[mode] /= family["count"]
+    correct = {m: sum(p[m] == p["answer"] for p in predictions) for m in SCORING}
+    return {
+        "examples": len(predictions),
+        "accuracy": {m: correct[m] / len(predictions) for m in SCORING},
+        "families": dict(sorted(families.items())),
+        "vision_tokens_per_example": float(np.mean([e.vision_tokens for e in examples])),
+        "frames_per_example": float(np.mean([len(e.pixels) for e in examples])),
+        "predictions": predictions,
+    }
+
+
+def markdown_table(results: dict[str, dict], mode: str = "generate") -> str:
+    """One row per named result: accuracy per family and overall (in %), vision tokens per example."""
+    families = sorted({f for r in results.values() for f in r["families"]})
+    header = ["run", *families, "overall", "vision tokens"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        cells = [f"{100 * r['families'][f][mode]:.1f}" if f in r["families"] else "-" for f in families]
+        cells += [f"{100 * r['accuracy'][mode]:.1f}", f"{r['vision_tokens_per_example']:.0f}"]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Evaluate a run or an export on a split: multiple-choice accuracy per family, JSON + Markdown.
+
+  python -m stts_jax.evaluate --checkpoint=/tmp/run --split=test --json=/tmp/run/test.json
+  python -m stts_jax.evaluate --checkpoint=/tmp/run --method=random --prune_ratio=0.7
+  python -m stts_jax.evaluate --checkpoint=/tmp/run --test_time_scaling       # more frames, same tokens
+  python -m stts_jax.evaluate --checkpoint=/tmp/run_hf --config=configs/synthetic.py:frames=8
+
+--checkpoint is a training workdir (its config.json gives the data; --step picks a checkpoint) or a
+directory written by `python -m stts_jax.export` (then --config gives the data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from stts_jax.evaluate import SCORING, evaluate, frames_for_equal_tokens, markdown_table, scaled_data
+from stts_jax.export import load_export, restore_params, run_config
+from stts_jax.models.config import ConfigError
+from stts_jax.train.loop import source
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "a training workdir or an exported directory")
+flags.DEFINE_integer("step", None, "checkpoint step of a workdir (default: the latest)")
+config_flags.DEFINE_config_file("config", None, "experiment config for the data (default: the workdir's)")
+flags.DEFINE_string("split", "test", "split to evaluate")
+flags.DEFINE_enum("method", None, ["none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames"], "pruning")
+flags.DEFINE_float("prune_ratio", None, "pruning ratio at inference (default: as trained)")
+flags.DEFINE_integer("frames", None, "frames per video at inference (default: as trained)")
+flags.DEFINE_bool("test_time_scaling", False, "raise the frames so kept tokens match the unpruned model's")
+flags.DEFINE_enum("scoring", "generate", SCORING, "mode of the Markdown table (the JSON holds both)")
+flags.DEFINE_integer("limit", None, "evaluate the first N examples only")
+flags.DEFINE_integer("batch_size", 8, "rows per forward pass")
+flags.DEFINE_string("json", None, "write the results here")
+flags.DEFINE_string("markdown", None, "write the Markdown table here")
+
+
+def main(argv):
+    del argv
+    path = FLAGS.checkpoint
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(f"--checkpoint {path!r} is not a directory; pass a training workdir or an export.")
+    config = FLAGS.config
+    changes = {k: v for k, v in (("method", FLAGS.method), ("prune_ratio", FLAGS.prune_ratio)) if v is not None}
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        config = config or run_config(path)
+        cfg, params, step = restore_params(path, FLAGS.step)
+        where = f"{path} step {step}"
+    else:
+        if config is None:
+            raise ConfigError("--config is needed with an exported checkpoint: it names the evaluation data.")
+        cfg, params = load_export(path)
+        where = path
+    cfg = cfg.with_stts(**changes)
+    if cfg.stts.uses_scorer and "scorer" not in params:
+        raise ConfigError(f"stts.method={cfg.stts.method!r} needs a scorer, and {where} holds none.")
+    if not cfg.stts.uses_scorer:
+        params = {k: v for k, v in params.items() if k != "scorer"}
+    frames = FLAGS.frames
+    if FLAGS.test_time_scaling:
+        base = config.data.frames if config.data.dataset == "synthetic_video_qa" else config.data.video_frames
+        frames = frames_for_equal_tokens(cfg.stts.prune_ratio if cfg.stts.prunes else 0.0, base)
+    data_config = scaled_data(config, frames, FLAGS.split)
+    split_source, tokenizer = source(data_config, FLAGS.split)
+    results = evaluate(cfg, params, split_source, tokenizer, FLAGS.batch_size, FLAGS.limit)
+    results.update(checkpoint=where, split=FLAGS.split, method=cfg.stts.method, prune_ratio=cfg.stts.prune_ratio)
+    name = f"{cfg.stts.method} k={cfg.stts.prune_ratio:g}" if cfg.stts.prunes else cfg.stts.method
+    table = markdown_table({f"{name}, {results['frames_per_example']:.0f} frames": results}, FLAGS.scoring)
+    print(table)
+    print(f"accuracy: {', '.join(f'{m} {100 * a:.1f}%' for m, a in results['accuracy'].items())}")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if FLAGS.markdown:
+        with open(FLAGS.markdown, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["checkpoint"])
+    app.run(main)

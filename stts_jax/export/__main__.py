@@ -1,0 +1,26 @@
+"""python -m stts_jax.export --workdir=DIR [--step=N] --format=hf|orbax --out=DIR [--dtype=bfloat16]"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from stts_jax.export import FORMATS, export, restore_params
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "the training run's directory")
+flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
+flags.DEFINE_enum("format", "hf", FORMATS, "hf: transformers Molmo2 directory; orbax: params-only Orbax")
+flags.DEFINE_string("out", None, "output directory (new or empty)")
+flags.DEFINE_string("dtype", None, "cast floating params, e.g. bfloat16 (orbax format)")
+
+
+def main(argv):
+    del argv
+    cfg, params, step = restore_params(FLAGS.workdir, FLAGS.step)
+    export(cfg, params, FLAGS.out, FLAGS.format, FLAGS.dtype)
+    print(f"exported step {step} of {FLAGS.workdir} as {FLAGS.format} to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "out"])
+    app.run(main)
