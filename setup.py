@@ -22,7 +22,7 @@ setup(
         "grain>=0.2.18",
         "ml_collections>=1.1.0",
         "tensorflow-datasets>=4.9.10",
-        "array_record>=0.8.1",
+        "array_record>=0.8.6",  # reads gs://
         "importlib_resources>=6.0",
         "chex>=0.1.90",
         "numpy>=1.26",
@@ -32,10 +32,12 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "absl-py>=2.1",
+        "etils[epath]>=1.7",
         "tensorboard>=2.18",  # event files only (its pure-Python writer; no TensorFlow)
     ],
     extras_require={
         "hf": HF_REQUIRES,
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],  # pods: libtpu, and gs:// for TFDS / Orbax / TensorBoard
         "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100"],
     },
 )

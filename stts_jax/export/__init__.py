@@ -36,11 +36,10 @@ SCORER_FILE = "stts_scorer.safetensors"
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The experiment config a training run wrote into its workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = checkpoint.workdir_path(workdir) / CONFIG_FILE
+    if not path.exists():
         raise CheckpointError(f"{path} not found: --workdir must be a directory written by `python -m stts_jax.train`.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[Molmo2Config, dict, int]:

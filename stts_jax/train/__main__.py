@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
+import sys
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from stts_jax.train.checkpoint import workdir_path
 from stts_jax.train.loop import train
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py:args)", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics; resumed if it holds a checkpoint")
@@ -30,9 +33,14 @@ def main(argv):
         jax.distributed.initialize(f.coordinator, num_processes=f.num_processes, process_id=f.process_id)
     elif f.distributed:
         jax.distributed.initialize()
-    os.makedirs(f.workdir, exist_ok=True)
-    metrics = train(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(f"finished at step {int(metrics.get('step', 0))}: loss {metrics.get('loss', float('nan')):.4f}")
+    workdir_path(f.workdir).mkdir(parents=True, exist_ok=True)
+    metrics = train(f.config, f.workdir)
+    step = int(metrics.get("step", 0))
+    if metrics.get("preempted"):
+        # non-zero, so that a job scheduler (GKE JobSet, xpk --max-restarts) restarts the run
+        print(f"stopped by SIGTERM at step {step}, checkpoint saved; rerun the same command to resume")
+        sys.exit(PREEMPTED_EXIT_CODE)
+    print(f"finished at step {step}: loss {metrics.get('loss', float('nan')):.4f}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,19 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from stts_jax.convert.hf import CheckpointError
 
 
+def workdir_path(workdir: str) -> epath.Path:
+    """A run directory, local or on GCS (gs://bucket/run; needs gcsfs, in the `tpu` extra)."""
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        workdir_path(workdir) / "checkpoints",
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
         # grain's handler writes one iterator state per process (each host reads its own shard)
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},

@@ -4,14 +4,14 @@ Every host runs the same command; each reads its own data shard and the global b
 with `jax.make_array_from_process_local_data`. The run resumes from the latest checkpoint in
 `workdir` (state and data iterator), or starts from `train.init_from` (a Hugging Face Molmo2
 directory; the scorer is freshly initialised) or from scratch. SIGTERM (TPU preemption) saves and
-returns cleanly. Metrics go to TensorBoard event files and metrics.jsonl in `workdir`.
+returns with `preempted` set (the CLI then exits 143, so a job scheduler restarts it). Metrics go to
+TensorBoard event files and metrics.jsonl in `workdir` (local or gs://).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import time
 
@@ -190,8 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     if jax.process_index() == 0:  # what evaluate / export rebuild the model from
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json(indent=2))
+        (checkpoint.workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
     metrics: dict = {}
     try:
         step = int(state.step)
@@ -225,7 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write(step, result, "validation")
                 bar.write(f"step {step}: validation answer accuracy {result['answer_accuracy']:.3f}")
         bar.close()
-        metrics["step"] = step
+        metrics.update(step=step, preempted=step < train_cfg.steps)
     finally:
         mgr.wait_until_finished()
         writer.close()

@@ -2,7 +2,8 @@
 
 Only process 0 writes; the others get a writer that drops everything, so callers need no branches.
 `tensorboard --logdir WORKDIR` shows the curves; `metrics.jsonl` holds the same scalars, one line per
-logged step, tagged `train/...` or `validation/...`.
+logged step, tagged `train/...` or `validation/...`. On a gs:// workdir only the event files are
+written (through fsspec / gcsfs): object stores cannot append to a JSON-lines file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class MetricsWriter:
         self.enabled = enabled
         if enabled:
             self._events = EventFileWriter(workdir, flush_secs=30)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            local = "://" not in workdir
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl") if local else os.devnull, "a")  # noqa: SIM115
 
     def write(self, step: int, scalars: dict[str, float], prefix: str) -> None:
         """Scalars of one step under `prefix/` (e.g. "train", "validation")."""
