@@ -9,6 +9,7 @@ overridden on the command line (`--config.stts.prune_ratio=0.3`). `model_config`
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import ml_collections
@@ -28,6 +29,16 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         kind = type(defaults[key])
         parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return parsed
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (configs/*.py), as `--config=path:arg` would give it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.ConfigDict:

@@ -13,12 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def synthetic_config(data_dir, steps, every, **changes):
     """configs/synthetic.py at test sizes (tiny model, 4 frames, 40 training examples); `changes` as
     section__field=value, e.g. stts__method="random"."""
-    import importlib.util
+    from stts_jax.configs import load_config_file
 
-    spec = importlib.util.spec_from_file_location("synthetic_config", os.path.join(ROOT, "configs", "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("variant=tiny,frames=4")
+    config = load_config_file(os.path.join(ROOT, "configs", "synthetic.py"), "variant=tiny,frames=4")
     config.train.steps, config.train.checkpoint_every, config.train.eval_every = steps, every, 0
     config.data.update(data_dir=data_dir, train_examples=40, eval_examples=8, test_examples=8, llm_seq_len=160)
     for key, value in changes.items():

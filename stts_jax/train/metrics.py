@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -39,3 +40,11 @@ class MetricsWriter:
         if self.enabled:
             self._events.close()
             self._jsonl.close()
+
+
+def median_step_seconds(run_dir: str) -> float:
+    """The median training-step time, leaving out the first steps (compilation, warm-up)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        times = [json.loads(line).get("train/step_seconds") for line in f]
+    times = [t for t in times if t is not None]
+    return statistics.median(times[5:] if len(times) > 10 else times)

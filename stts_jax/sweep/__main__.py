@@ -1,0 +1,49 @@
+"""Run a sweep, or print its pod commands.
+
+  python -m stts_jax.sweep --config=configs/synthetic.py:variant=tiny,frames=8 \
+      --grid="stts.method=stts,random;stts.prune_ratio=0.3,0.5;train.seed=0,1" --root=/tmp/sweep
+  python -m stts_jax.sweep --sweep=configs/replication.py --root=/tmp/replication
+  python -m stts_jax.sweep --sweep=configs/replication.py --root=gs://bucket/replication --print_commands
+  python -m stts_jax.sweep.aggregate --root=/tmp/sweep
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from stts_jax.models.config import ConfigError
+from stts_jax.sweep import load_sweep, parse_grid, pod_commands, run_sweep
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "experiment config (configs/x.py:args) the grid varies")
+flags.DEFINE_string("grid", None, 'axes "section.field=v1,v2;..." (cartesian product)')
+flags.DEFINE_string("sweep", None, "a sweep file (configs/replication.py[:arg]) instead of --config/--grid")
+flags.DEFINE_string("root", None, "directory of the runs (one subdirectory per run)")
+flags.DEFINE_bool("print_commands", False, "print the pod commands (train on every host, then evaluate)")
+flags.mark_flags_as_required(["root"])
+
+
+def main(argv):
+    del argv
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    if FLAGS.sweep:
+        path, _, arg = FLAGS.sweep.partition(":")
+        sweep = load_sweep(path, arg or None)
+    elif FLAGS.config and FLAGS.grid:
+        sweep = {"config": FLAGS.config, "runs": parse_grid(FLAGS.grid)}
+    else:
+        raise ConfigError("pass --sweep=FILE, or --config=configs/x.py:args with --grid=...")
+    if FLAGS.print_commands:
+        print("\n".join(pod_commands(sweep["config"], sweep["runs"], FLAGS.root, sweep.get("fixed"))))
+        return
+    names = run_sweep(
+        sweep["config"], sweep["runs"], FLAGS.root, sweep.get("test_time_scaling", ()), sweep.get("fixed")
+    )
+    print(
+        f"{len(names)} runs done in {FLAGS.root}; tabulate with: python -m stts_jax.sweep.aggregate --root={FLAGS.root}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

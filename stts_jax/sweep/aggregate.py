@@ -1,0 +1,155 @@
+"""Tabulate and plot a finished sweep: python -m stts_jax.sweep.aggregate --root=DIR
+
+Writes DIR/runs.csv (one line per run and evaluation), DIR/summary.md (mean ± standard deviation
+over seeds, per method / ratio / layer / frames), DIR/accuracy_vs_ratio.png and DIR/accuracy_vs_flops.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import statistics
+from collections import defaultdict
+
+from absl import app, flags
+
+from stts_jax.train.metrics import median_step_seconds
+
+GROUP = ("method", "prune_ratio", "layer", "frames")
+
+
+def collect(root: str) -> list[dict]:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(root, "*", "eval_test*.json"))):
+        run_dir = os.path.dirname(path)
+        with open(path) as f:
+            result = json.load(f)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        stts = config["stts"]
+        row = {
+            "run": os.path.basename(run_dir),
+            "method": stts["method"],
+            "prune_ratio": stts["prune_ratio"] if stts["method"] != "none" else 0.0,
+            "layer": stts["layer"],
+            "seed": config["train"]["seed"],
+            "frames": round(result["frames_per_example"]),
+            "test_time_scaling": result["test_time_scaling"],
+            "accuracy": result["accuracy"]["generate"],
+            "likelihood_accuracy": result["accuracy"]["likelihood"],
+            "vision_tokens": result["vision_tokens_per_example"],
+            "forward_flops": result["forward_flops"],
+            "step_seconds": median_step_seconds(run_dir),
+            **{f"family/{k}": v["generate"] for k, v in result["families"].items()},
+        }
+        row.update({k: result[k] for k in ("kept_object_share",) if k in result})
+        rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"no eval_test*.json under {root}/*/: run the sweep first (python -m stts_jax.sweep).")
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of every numeric column, per GROUP."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in GROUP)].append(row)
+    summary = []
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0] != "none", kv[0][0], kv[0][1:])):
+        entry = dict(zip(GROUP, key, strict=True), seeds=len(members))
+        for column in members[0]:
+            values = [m[column] for m in members if isinstance(m.get(column), (int, float)) and column not in GROUP]
+            if len(values) == len(members) and column not in ("seed", "test_time_scaling"):
+                entry[column] = statistics.mean(values)
+                entry[column + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary: list[dict]) -> str:
+    families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
+    has_share = any("kept_object_share" in s for s in summary)
+    header = ["method", "k", "layer", "frames", "seeds", *[f.split("/")[1] for f in families], "overall"]
+    header += ["object windows kept"] * has_share + ["vision tokens", "GFLOPs/example", "step time"]
+    pm = lambda s, k, scale=100: f"{scale * s[k]:.1f} ± {scale * s[k + '_std']:.1f}" if k in s else "-"
+    none_step = next((s["step_seconds"] for s in summary if s["method"] == "none"), None)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        cells = [s["method"], f"{s['prune_ratio']:g}", str(s["layer"]), str(s["frames"]), str(s["seeds"])]
+        cells += [pm(s, f) for f in families] + [pm(s, "accuracy")]
+        cells += [pm(s, "kept_object_share")] * has_share
+        cells += [f"{s['vision_tokens']:.0f}", f"{s['forward_flops'] / 1e9:.3f}"]
+        cells.append(f"{s['step_seconds'] / none_step:.2f}x" if none_step else f"{s['step_seconds']:.3f} s")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], root: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x, xlabel, name in (
+        ("prune_ratio", "pruning ratio k", "accuracy_vs_ratio.png"),
+        ("forward_flops", "forward FLOPs per example", "accuracy_vs_flops.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        by_method: dict[str, list[dict]] = defaultdict(list)
+        for s in summary:
+            by_method[s["method"]].append(s)
+        baseline = by_method.pop("none", [])
+        for method, points in sorted(by_method.items()):
+            points = sorted(points + baseline, key=lambda p: p[x])  # every curve starts at no pruning
+            ax.errorbar(
+                [p[x] for p in points],
+                [100 * p["accuracy"] for p in points],
+                yerr=[100 * p["accuracy_std"] for p in points],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        if not by_method and baseline:
+            ax.plot([p[x] for p in baseline], [100 * p["accuracy"] for p in baseline], "o", label="none")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(root, name))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def aggregate(root: str) -> str:
+    rows = collect(root)
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("family/"), k))
+    with open(os.path.join(root, "runs.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows)
+    table = markdown(summary)
+    with open(os.path.join(root, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    plot(summary, root)
+    return table
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", None, "the sweep's directory")
+
+
+def main(argv):
+    del argv
+    print(aggregate(FLAGS.root))
+    print(f"\nwritten: {FLAGS.root}/runs.csv, summary.md, accuracy_vs_ratio.png, accuracy_vs_flops.png")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["root"])
+    app.run(main)
