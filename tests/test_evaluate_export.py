@@ -51,6 +51,20 @@ def test_scoring_modes_agree_and_families_add_up(run):
     if len(letters) == len(predictions):
         assert results["accuracy"]["generate"] == results["accuracy"]["likelihood"]
     assert results["vision_tokens_per_example"] == 18  # 4 frames x 9 windows, half pruned
+    assert 0 < results["kept_object_share"] <= 1
+
+
+def test_object_windows_follow_the_masks():
+    from stts_jax.evaluate import object_windows
+    from stts_jax.models.config import get_config
+
+    cfg = get_config("tiny")  # 42 px frames, 7x7 patches of 6 px, 3x3 windows padded to 9x9 (one -1 row/col first)
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[1, :4, :4] = 1  # top-left corner: patch (0, 0), which is in window 0
+    masks[1, 60:, 60:] = 2  # bottom-right corner: patch (6, 6), window 8
+    windows = object_windows(masks, cfg)
+    assert windows.shape == (2, 9) and not windows[0].any()
+    assert np.flatnonzero(windows[1]).tolist() == [0, 8]
 
 
 def test_test_time_scaling_evaluates_more_frames_at_the_same_tokens(run):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import string
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,10 +26,10 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text, windows_per_frame
-from stts_jax.data.pooling import video_pooling_indices
+from stts_jax.data.pooling import pooling_windows, video_pooling_indices
 from stts_jax.models.config import ConfigError, Molmo2Config
 from stts_jax.models.generate import greedy_generate
-from stts_jax.models.vlm import VideoBatch
+from stts_jax.models.vlm import Molmo2, VideoBatch
 from stts_jax.stts import budget
 
 SCORING = ("generate", "likelihood")
@@ -75,6 +76,20 @@ class _Example:
     input_ids: np.ndarray  # [L] the prompt without the answer
     pixels: np.ndarray  # [T, patches, patch_dim] uint8
     vision_tokens: int  # LLM vision tokens after pruning
+    objects: np.ndarray | None  # [T, windows] bool: the window shows a ground-truth object (synthetic set)
+
+
+def object_windows(masks: np.ndarray, cfg: Molmo2Config) -> np.ndarray:
+    """[T, H, W] object masks (0 = background) -> [T, windows] bool: some patch of the window, at the
+    model's frame size and patch grid, overlaps an object."""
+    t, h, w = masks.shape
+    size, patch = cfg.vision.image_size[0], cfg.vision.patch_size
+    ys, xs = (np.arange(size) * h) // size, (np.arange(size) * w) // size  # nearest-neighbour resize
+    on = masks[:, ys][:, :, xs] > 0
+    rows, cols = cfg.vision.patch_grid
+    patches = on[:, : rows * patch, : cols * patch].reshape(t, rows, patch, cols, patch).any((2, 4)).reshape(t, -1)
+    windows = pooling_windows(rows, cols, *cfg.adapter.pooling_size)
+    return (patches[:, np.maximum(windows, 0)] & (windows >= 0)).any(-1)
 
 
 def letter_ids(tokenizer: Tokenizer, options: int) -> list[int]:
@@ -110,6 +125,7 @@ def _examples(source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None
                 input_ids=prompt["input_ids"],
                 pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
                 vision_tokens=budget.kept_windows(len(frames), windows, ratio),
+                objects=object_windows(record["masks"], cfg) if "masks" in record else None,
             )
         )
     return examples
@@ -149,10 +165,13 @@ def evaluate(
     """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes.
 
     Returns {"examples", "accuracy": {mode: overall}, "families": {family: {"count", mode: acc}},
-    "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}."""
+    "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}, and where the
+    source has object masks and the model prunes, "kept_object_share": the share of object windows
+    (frames after the first) that the pruning keeps."""
     examples = _examples(source, cfg, tokenizer, limit)
     if not examples:
         raise ValueError("the evaluation split is empty.")
+    shares = []
     seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
     frame_slots = max(len(e.pixels) for e in examples)
     run_cfg = cfg
@@ -163,9 +182,13 @@ def evaluate(
     for start in tqdm.trange(0, len(examples), batch_size, desc="evaluate", disable=not progress):
         rows = examples[start : start + batch_size]
         padded = list(rows) + [rows[-1]] * (batch_size - len(rows))  # a fixed batch shape: one compile
-        tokens, logits = greedy_generate(
-            run_cfg, params, _batch(padded, cfg, seq_len, frame_slots), 1, prompt_logits=True
-        )
+        batch = _batch(padded, cfg, seq_len, frame_slots)
+        tokens, logits = greedy_generate(run_cfg, params, batch, 1, prompt_logits=True)
+        if cfg.stts.prunes and rows[0].objects is not None:
+            keep = np.asarray(_keep(run_cfg, params, batch))
+            for i, row in enumerate(rows):  # frame 0 is never pruned: count frames 1.. only
+                objects = row.objects[1:]
+                shares.append(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
         tokens, log_probs = np.asarray(tokens[:, 0]), np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
         for i, row in enumerate(rows):
             generated = row.letters.index(tokens[i]) if tokens[i] in row.letters else -1
@@ -196,7 +219,14 @@ def evaluate(
         "vision_tokens_per_example": float(np.mean([e.vision_tokens for e in examples])),
         "frames_per_example": float(np.mean([len(e.pixels) for e in examples])),
         "predictions": predictions,
-    }
+    } | ({"kept_object_share": float(np.mean(shares))} if shares else {})
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _keep(cfg: Molmo2Config, params, batch: VideoBatch) -> jax.Array:
+    """The kept windows [batch, frames, windows] of the model's pruning (the same draw as generation's)."""
+    _, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.key(0)})
+    return out["stts/keep"]
 
 
 def markdown_table(results: dict[str, dict], mode: str = "generate") -> str:
