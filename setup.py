@@ -8,6 +8,8 @@ HF_REQUIRES = [
     "safetensors>=0.6.0",
 ]
 
+NOTEBOOK_REQUIRES = ["nbformat>=5.10", "nbclient>=0.10", "ipykernel>=6.29"]
+
 setup(
     name="stts_jax",
     version="0.1.0",
@@ -38,6 +40,7 @@ setup(
     extras_require={
         "hf": HF_REQUIRES,
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],  # pods: libtpu, and gs:// for TFDS / Orbax / TensorBoard
-        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100"],
+        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100"] + NOTEBOOK_REQUIRES,
+        "notebooks": NOTEBOOK_REQUIRES,
     },
 )

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "packing_bins": 4,
             "seed": a.seed,
             "strict": False,
+            "answer_format": "letter",
         }
     )
     config.train = train_section(

@@ -50,7 +50,7 @@ def run_demo(workdir: str, steps: int, frames: int) -> str:
         cfg, params, _ = restore_params(run_dir)
         test_source, tokenizer = source(config, "test")
         print(f"== {name}: evaluating on the test split ({len(test_source)} questions)")
-        results[name] = evaluate(cfg, params, test_source, tokenizer, batch_size=8)
+        results[name] = evaluate(cfg, params, test_source, tokenizer, 8, answer_format=config.data.answer_format)
         step_seconds[name] = median_step_seconds(run_dir)
         if method == "stts":
             out = os.path.join(workdir, "stts_hf")

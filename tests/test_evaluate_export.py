@@ -54,6 +54,15 @@ def test_scoring_modes_agree_and_families_add_up(run):
     assert 0 < results["kept_object_share"] <= 1
 
 
+def test_option_answers_are_scored_by_their_words(run):
+    workdir, config = run
+    cfg, params, _ = restore_params(workdir)
+    test_source, tokenizer = source(config, "test")
+    results = evaluate(cfg, params, test_source, tokenizer, limit=8, progress=False, answer_format="option")
+    assert results["examples"] == 8
+    assert all(0 <= p["likelihood"] < 6 and -1 <= p["generate"] < 6 for p in results["predictions"])
+
+
 def test_object_windows_follow_the_masks():
     from stts_jax.evaluate import object_windows
     from stts_jax.models.config import get_config

@@ -45,6 +45,7 @@ class PipelineConfig:
     shuffle: bool = True
     repeat: bool = True
     strict: bool = False  # raise on an unusable example instead of skipping and counting it
+    answer_format: str = "letter"  # multiple choice answered with the option's "letter" or its words ("option")
     worker_count: int = 0  # grain worker processes that prefetch batches (0: in this process; skip
     # counters in `Preprocess.skipped` then live in the workers, which log each skip)
 
@@ -89,7 +90,14 @@ class Preprocess:
         answer = int(example["answer"]) if options else as_text(example["answer_text"])
         question = as_text(example["question"])
         return video_prompt(
-            self.tokenizer, self.cfg, times, self.windows, question, options, answer if with_answer else None
+            self.tokenizer,
+            self.cfg,
+            times,
+            self.windows,
+            question,
+            options,
+            answer if with_answer else None,
+            self.p.answer_format,
         )
 
     def __call__(self, example: dict) -> dict | None:

@@ -27,8 +27,16 @@ def format_question(question: str, options: Sequence[str] | None) -> str:
     return "\n".join(lines + ["Answer with the option's letter from the given choices directly."])
 
 
-def answer_text(answer: int | str, options: Sequence[str] | None) -> str:
-    return string.ascii_uppercase[answer] if options else str(answer)
+ANSWER_FORMATS = ("letter", "option")
+
+
+def answer_text(answer: int | str, options: Sequence[str] | None, answer_format: str = "letter") -> str:
+    """The target answer: the option's letter (Molmo2's multiple-choice format) or the option's own words."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format {answer_format!r}: expected one of {ANSWER_FORMATS}")
+    if not options:
+        return str(answer)
+    return string.ascii_uppercase[answer] if answer_format == "letter" else options[answer]
 
 
 def video_prompt(
@@ -39,6 +47,7 @@ def video_prompt(
     question: str,
     options: Sequence[str] | None = None,
     answer: int | str | None = None,
+    answer_format: str = "letter",
 ) -> dict[str, np.ndarray]:
     """Token ids [L] int32 and target mask [L] (1 on the answer and its closing <|im_end|>)."""
     text = lambda s: tokenizer.encode(s, add_special_tokens=False).ids
@@ -51,7 +60,7 @@ def video_prompt(
     ids += text("\n") + [start] + text("assistant\n")
     targets = [0] * len(ids)
     if answer is not None:
-        answer_ids = text(answer_text(answer, options)) + [end]
+        answer_ids = text(answer_text(answer, options, answer_format)) + [end]
         ids += answer_ids
         targets += [1] * len(answer_ids)
     return {"input_ids": np.asarray(ids, np.int32), "targets": np.asarray(targets, np.int32)}

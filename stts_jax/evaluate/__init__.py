@@ -1,10 +1,12 @@
 """Multiple-choice video-QA evaluation, per question family, and test-time scaling of the frame count.
 
-Two scoring modes, selectable: `generate` (greedy decoding with the KV cache; the first generated
-token must be the correct option's letter) and `likelihood` (the option whose letter has the highest
-log-probability after the prompt). Both read the same prefill, so wherever the generated token is an
-option letter they pick the same option. One example per row; pruning runs exactly as in training,
-with the method and ratio of the model config, which the caller may set apart from training's.
+Two scoring modes, selectable: `generate` (greedy decoding with the KV cache; the generated answer,
+up to <|im_end|>, must be exactly the correct option's answer) and `likelihood` (the option whose
+answer tokens have the highest log-likelihood after the prompt, teacher-forced through the cache).
+The answer is the option's letter (Molmo2's format) or its words (`answer_format="option"`). Both
+modes read one prefill, so with single-token letters they pick the same option wherever generation
+gives a letter. One example per row; pruning runs exactly as in training, with the method and ratio
+of the model config, which the caller may set apart from training's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import string
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +28,10 @@ from tokenizers import Tokenizer
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text, windows_per_frame
 from stts_jax.data.pooling import pooling_windows, video_pooling_indices
+from stts_jax.data.prompt import answer_text
+from stts_jax.data.tokenizer import token_id
 from stts_jax.models.config import ConfigError, Molmo2Config
-from stts_jax.models.generate import greedy_generate
+from stts_jax.models.generate import generate_and_score
 from stts_jax.models.vlm import Molmo2, VideoBatch
 from stts_jax.stts import budget
 
@@ -72,7 +75,7 @@ class _Example:
     index: int
     family: str
     answer: int
-    letters: list[int]  # token id of each option's letter
+    options: list[list[int]]  # token ids of each option's answer (its letter or its words)
     input_ids: np.ndarray  # [L] the prompt without the answer
     pixels: np.ndarray  # [T, patches, patch_dim] uint8
     vision_tokens: int  # LLM vision tokens after pruning
@@ -92,20 +95,10 @@ def object_windows(masks: np.ndarray, cfg: Molmo2Config) -> np.ndarray:
     return (patches[:, np.maximum(windows, 0)] & (windows >= 0)).any(-1)
 
 
-def letter_ids(tokenizer: Tokenizer, options: int) -> list[int]:
-    """The token id of each option letter as the answer starts with it (a letter is one token in
-    Qwen3's and the synthetic tokenizer)."""
-    ids = []
-    for letter in string.ascii_uppercase[:options]:
-        encoded = tokenizer.encode(letter, add_special_tokens=False).ids
-        if len(encoded) != 1:
-            raise ValueError(f"option letter {letter!r} is {len(encoded)} tokens in this tokenizer; expected one.")
-        ids.append(encoded[0])
-    return ids
-
-
-def _examples(source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None) -> list[_Example]:
-    pipeline = PipelineConfig(max_frames=1 << 30, llm_seq_len=1 << 30)
+def _examples(
+    source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None, answer_format: str = "letter"
+) -> list[_Example]:
+    pipeline = PipelineConfig(max_frames=1 << 30, llm_seq_len=1 << 30, answer_format=answer_format)
     preprocess = Preprocess(cfg, pipeline, tokenizer)
     windows = windows_per_frame(cfg)
     ratio = cfg.stts.prune_ratio if cfg.stts.prunes else 0.0
@@ -115,13 +108,17 @@ def _examples(source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None
         if not len(record["options"]):
             raise ValueError(f"example {index} has no options; multiple-choice evaluation needs them.")
         frames, times = preprocess.frames(record)
+        options = [as_text(o) for o in record["options"]]
         prompt = preprocess.prompt(record, times, with_answer=False)
         examples.append(
             _Example(
                 index=index,
                 family=as_text(record.get("family", "all")),
                 answer=int(record["answer"]),
-                letters=letter_ids(tokenizer, len(record["options"])),
+                options=[
+                    tokenizer.encode(answer_text(i, options, answer_format), add_special_tokens=False).ids
+                    for i in range(len(options))
+                ],
                 input_ids=prompt["input_ids"],
                 pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
                 vision_tokens=budget.kept_windows(len(frames), windows, ratio),
@@ -161,6 +158,7 @@ def evaluate(
     batch_size: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    answer_format: str = "letter",
 ) -> dict:
     """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes.
 
@@ -168,7 +166,10 @@ def evaluate(
     "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}, and where the
     source has object masks and the model prunes, "kept_object_share": the share of object windows
     (frames after the first) that the pruning keeps."""
-    examples = _examples(source, cfg, tokenizer, limit)
+    examples = _examples(source, cfg, tokenizer, limit, answer_format)
+    end = token_id(tokenizer, "<|im_end|>")
+    num_options = max(len(e.options) for e in examples)
+    answer_len = max(len(o) for e in examples for o in e.options)
     if not examples:
         raise ValueError("the evaluation split is empty.")
     shares = []
@@ -183,16 +184,22 @@ def evaluate(
         rows = examples[start : start + batch_size]
         padded = list(rows) + [rows[-1]] * (batch_size - len(rows))  # a fixed batch shape: one compile
         batch = _batch(padded, cfg, seq_len, frame_slots)
-        tokens, logits = greedy_generate(run_cfg, params, batch, 1, prompt_logits=True)
+        candidates = np.zeros((batch_size, num_options, answer_len), np.int32)
+        for i, row in enumerate(padded):
+            for k, option in enumerate(row.options):
+                candidates[i, k, : len(option)] = option
+        tokens, scores = generate_and_score(run_cfg, params, batch, jnp.asarray(candidates), answer_len + 1)
+        tokens, scores = np.asarray(tokens), np.asarray(scores)
         if cfg.stts.prunes and rows[0].objects is not None:
             keep = np.asarray(_keep(run_cfg, params, batch))
             for i, row in enumerate(rows):  # frame 0 is never pruned: count frames 1.. only
                 objects = row.objects[1:]
                 shares.append(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
-        tokens, log_probs = np.asarray(tokens[:, 0]), np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
         for i, row in enumerate(rows):
-            generated = row.letters.index(tokens[i]) if tokens[i] in row.letters else -1
-            chosen = int(np.argmax(log_probs[i, row.letters]))
+            answer = tokens[i].tolist()
+            answer = answer[: answer.index(end)] if end in answer else answer
+            generated = row.options.index(answer) if answer in row.options else -1
+            chosen = int(np.argmax(scores[i, : len(row.options)]))
             predictions.append(
                 {
                     "index": row.index,
@@ -223,10 +230,46 @@ def evaluate(
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _keep(cfg: Molmo2Config, params, batch: VideoBatch) -> jax.Array:
-    """The kept windows [batch, frames, windows] of the model's pruning (the same draw as generation's)."""
+def _scores_and_keep(cfg: Molmo2Config, params, batch: VideoBatch) -> tuple[jax.Array, jax.Array]:
+    """Window scores and kept windows [batch, frames, windows] (the same draw as generation's)."""
     _, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.key(0)})
-    return out["stts/keep"]
+    return out["stts/scores"], out["stts/keep"]
+
+
+def _keep(cfg: Molmo2Config, params, batch: VideoBatch) -> jax.Array:
+    return _scores_and_keep(cfg, params, batch)[1]
+
+
+def window_scores(cfg: Molmo2Config, params: Any, source, index: int, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+    """One example's {"frames" [T, H, W, 3], "masks" [T, H, W], "scores", "keep", "objects" [T, windows]}
+    under a pruning model (scores: the scorer's, the heuristic's dissimilarity, or the random draw)."""
+    if not cfg.stts.prunes:
+        raise ConfigError(f"stts.method={cfg.stts.method!r} scores no windows; use stts, heuristic or random.")
+    example = _examples(_Slice(source, index), cfg, tokenizer, None)[0]
+    seq_len = -(-len(example.input_ids) // 16) * 16
+    run_cfg = cfg.with_stts(llm_seq_len=seq_len, max_videos_per_row=1)
+    scores, keep = _scores_and_keep(run_cfg, params, _batch([example], cfg, seq_len, len(example.pixels)))
+    record = source[index]
+    return {
+        "frames": record["video"],
+        "masks": record["masks"],
+        "scores": np.asarray(scores[0]),
+        "keep": np.asarray(keep[0]),
+        "objects": example.objects,
+    }
+
+
+class _Slice:
+    """One record of a source, as a source of length 1."""
+
+    def __init__(self, source, index: int):
+        self.source, self.index = source, index
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int):
+        return self.source[self.index + i]
 
 
 def markdown_table(results: dict[str, dict], mode: str = "generate") -> str:

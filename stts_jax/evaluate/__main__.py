@@ -65,7 +65,8 @@ def main(argv):
         frames = frames_for_equal_tokens(cfg.stts.prune_ratio if cfg.stts.prunes else 0.0, base)
     data_config = scaled_data(config, frames, FLAGS.split)
     split_source, tokenizer = source(data_config, FLAGS.split)
-    results = evaluate(cfg, params, split_source, tokenizer, FLAGS.batch_size, FLAGS.limit)
+    answer_format = data_config.data.get("answer_format", "letter")
+    results = evaluate(cfg, params, split_source, tokenizer, FLAGS.batch_size, FLAGS.limit, answer_format=answer_format)
     results.update(checkpoint=where, split=FLAGS.split, method=cfg.stts.method, prune_ratio=cfg.stts.prune_ratio)
     name = f"{cfg.stts.method} k={cfg.stts.prune_ratio:g}" if cfg.stts.prunes else cfg.stts.method
     table = markdown_table({f"{name}, {results['frames_per_example']:.0f} frames": results}, FLAGS.scoring)

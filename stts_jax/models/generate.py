@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,62 @@ from stts_jax.models.vlm import Molmo2, VideoBatch
 Array = jax.Array
 
 
+def _prefill(cfg: Molmo2Config, params, batch: VideoBatch, new_slots: int) -> dict:
+    """The prompt through the model into a cache with `new_slots` free slots after it."""
+    model = Molmo2(cfg)
+    b = batch.input_ids.shape[0]
+    s = (cfg.stts.llm_seq_len or batch.input_ids.shape[1]) if cfg.stts.prunes else batch.input_ids.shape[1]
+    cache = init_cache(cfg, b, s + new_slots)
+    logits, out = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+    segment_ids, positions = out["llm/segment_ids"], out["llm/positions"]  # after pruning, if any
+    last = jnp.max(jnp.where(segment_ids != 0, jnp.arange(s), -1), axis=1)
+    rows = jnp.arange(b)
+    return {
+        "cache": out["cache"],
+        "logits": logits[rows, last],  # [batch, vocab] after the last prompt token
+        "position": positions[rows, last],
+        "segment": segment_ids[rows, last],
+        "kv_segments": jnp.pad(segment_ids, ((0, 0), (0, new_slots))),
+        "prompt_slots": s,
+    }
+
+
+def _decode(cfg: Molmo2Config, params, state: dict, cache, kv_segments, token: Array, i) -> tuple[Array, Any, Array]:
+    """Token [batch] as the i-th new token (cache slot prompt_slots + i) -> (logits [batch, vocab], cache,
+    kv_segments)."""
+    b, length = kv_segments.shape
+    slot = state["prompt_slots"] + i
+    kv_segments = kv_segments.at[:, slot].set(state["segment"])
+    slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+    segments = SegmentMask(
+        state["segment"][:, None], kv_segments, jnp.full((b, 1), slot, jnp.int32), slots, causal=True
+    )
+    logits, cache = Molmo2(cfg).apply(
+        {"params": params},
+        token[:, None],
+        (state["position"] + 1 + i)[:, None],
+        segments,
+        cache,
+        slot,
+        method=Molmo2.decode,
+    )
+    return logits[:, 0], cache, kv_segments
+
+
+def _greedy(cfg: Molmo2Config, params, state: dict, max_new_tokens: int) -> Array:
+    """Greedy continuations [batch, max_new_tokens] from a prefill state."""
+
+    def step(i, carry):
+        cache, kv_segments, token, tokens = carry
+        tokens = tokens.at[:, i].set(token)
+        logits, cache, kv_segments = _decode(cfg, params, state, cache, kv_segments, token, i)
+        return cache, kv_segments, jnp.argmax(logits, axis=-1).astype(jnp.int32), tokens
+
+    first = jnp.argmax(state["logits"], axis=-1).astype(jnp.int32)
+    tokens = jnp.zeros((first.shape[0], max_new_tokens), jnp.int32)
+    return jax.lax.fori_loop(0, max_new_tokens, step, (state["cache"], state["kv_segments"], first, tokens))[3]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "prompt_logits"))
 def greedy_generate(
     cfg: Molmo2Config, params, batch: VideoBatch, max_new_tokens: int, prompt_logits: bool = False
@@ -25,38 +82,35 @@ def greedy_generate(
     One example per row; rows may be padded on either side (segment id 0). New tokens go to cache
     slots after the prompt and continue the row's positions from its last real token.
     """
-    model = Molmo2(cfg)
-    b = batch.input_ids.shape[0]
-    s = (cfg.stts.llm_seq_len or batch.input_ids.shape[1]) if cfg.stts.prunes else batch.input_ids.shape[1]
-    length = s + max_new_tokens
-    cache = init_cache(cfg, b, length)
-    logits, out = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
-    segment_ids, positions = out["llm/segment_ids"], out["llm/positions"]  # after pruning, if any
-    last = jnp.max(jnp.where(segment_ids != 0, jnp.arange(s), -1), axis=1)
-    rows = jnp.arange(b)
-    token = jnp.argmax(logits[rows, last], axis=-1).astype(jnp.int32)
-    position = positions[rows, last]
-    segment = segment_ids[rows, last]
-    kv_segments = jnp.pad(segment_ids, ((0, 0), (0, max_new_tokens)))
-    slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+    state = _prefill(cfg, params, batch, max_new_tokens)
+    tokens = _greedy(cfg, params, state, max_new_tokens)
+    return (tokens, state["logits"]) if prompt_logits else tokens
 
-    def step(i, state):
-        cache, kv_segments, token, tokens = state
-        tokens = tokens.at[:, i].set(token)
-        slot = s + i
-        kv_segments = kv_segments.at[:, slot].set(segment)
-        segments = SegmentMask(segment[:, None], kv_segments, jnp.full((b, 1), slot, jnp.int32), slots, causal=True)
-        logits, cache = model.apply(
-            {"params": params},
-            token[:, None],
-            (position + 1 + i)[:, None],
-            segments,
-            cache,
-            slot,
-            method=Molmo2.decode,
-        )
-        return cache, kv_segments, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32), tokens
 
-    tokens = jnp.zeros((b, max_new_tokens), jnp.int32)
-    *_, tokens = jax.lax.fori_loop(0, max_new_tokens, step, (out["cache"], kv_segments, token, tokens))
-    return (tokens, logits[rows, last]) if prompt_logits else tokens
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
+def generate_and_score(
+    cfg: Molmo2Config, params, batch: VideoBatch, options: Array, max_new_tokens: int
+) -> tuple[Array, Array]:
+    """Greedy continuations [batch, max_new_tokens] and the log-likelihood [batch, K] of each of K
+    candidate continuations `options` [batch, K, L] (token ids, 0 = past its end), all from one prefill.
+
+    A candidate's score is the sum of log p(token) over its tokens, teacher-forced through the cache.
+    """
+    length = options.shape[2]
+    state = _prefill(cfg, params, batch, max(max_new_tokens, length))
+    tokens = _greedy(cfg, params, state, max_new_tokens)
+
+    def option_score(option):  # [batch, L]
+        def step(i, carry):
+            cache, kv_segments, logits, total = carry
+            token = option[:, i]
+            log_p = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), token[:, None], 1)[:, 0]
+            total = total + jnp.where(token > 0, log_p, 0.0)
+            logits, cache, kv_segments = _decode(cfg, params, state, cache, kv_segments, token, i)
+            return cache, kv_segments, logits, total
+
+        total = jnp.zeros(option.shape[0], jnp.float32)
+        carry = (state["cache"], state["kv_segments"], state["logits"], total)
+        return jax.lax.fori_loop(0, length, step, carry)[3]
+
+    return tokens, jax.lax.map(option_score, jnp.moveaxis(options, 1, 0)).T

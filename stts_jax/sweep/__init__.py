@@ -124,6 +124,7 @@ def run_sweep(
     test_time_scaling: Sequence[str] = (),
     fixed: Mapping[str, Any] | None = None,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> list[str]:
     """Trains and evaluates every run under `root` (skipping finished work); returns the run names."""
     from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
@@ -134,7 +135,7 @@ def run_sweep(
     for i, (name, config) in enumerate(runs_planned, start=1):
         workdir = os.path.join(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")
-        train(config, workdir)
+        train(config, workdir, progress)
         evaluations = [("eval_test.json", None)]
         if name in test_time_scaling:
             k = config.stts.prune_ratio if config.stts.method != "none" else 0.0
@@ -145,7 +146,8 @@ def run_sweep(
                 continue
             cfg, params, step = restore_params(workdir)
             test_source, tokenizer = source(scaled_data(config, frames, "test"), "test")
-            results = evaluate(cfg, params, test_source, tokenizer, batch_size)
+            answer_format = config.data.get("answer_format", "letter")
+            results = evaluate(cfg, params, test_source, tokenizer, batch_size, None, progress, answer_format)
             results.update(run=name, step=step, test_time_scaling=frames is not None)
             results["forward_flops"] = example_flops(cfg, results)
             with open(path + ".tmp", "w") as f:

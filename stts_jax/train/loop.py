@@ -136,7 +136,7 @@ def _mean_by(batches: list[dict]) -> dict[str, float]:
     return result
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
     """Trains to config.train.steps (resuming from `workdir`); returns the last step's train metrics."""
     model = model_config(config)
     pipeline = pipeline_config(config, model)
@@ -194,7 +194,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics: dict = {}
     try:
         step = int(state.step)
-        bar = tqdm.tqdm(total=train_cfg.steps, initial=step, desc="train", disable=jax.process_index() != 0)
+        bar = tqdm.tqdm(
+            total=train_cfg.steps, initial=step, desc="train", disable=not progress or jax.process_index() != 0
+        )
         while step < train_cfg.steps and not stop["requested"]:
             start = time.perf_counter()
             video, targets = to_model_batch(next(iterator), model)
