@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import ROOT
 
 from stts_jax.data.builders import (
     DataError,
@@ -195,3 +196,52 @@ def test_hosts_read_disjoint_shards(synthetic):
         seen.append({b["pixels"][0][b["pixels_segment_ids"][0] > 0].tobytes() for b in ds})  # the video identifies it
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert len(seen[0]) + len(seen[1]) == 30
+
+
+def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
+    """configs/manifest.py end to end at tiny sizes: mp4 files + JSONL + a tokenizer.json file -> TFDS
+    -> two training steps with validation -> evaluation of the test split."""
+    from stts_jax.configs import load_config_file
+    from stts_jax.evaluate import evaluate
+    from stts_jax.export import restore_params
+    from stts_jax.train.loop import source, train
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    colours = ["red", "green", "blue"]
+    lines = []
+    for i in range(12):
+        _write_mp4(str(videos / f"v{i}.mp4"), 8, 4)
+        lines.append(
+            {
+                "id": f"q{i}",
+                "video": f"videos/v{i}.mp4",
+                "question": "What colour is it?",
+                "options": colours,
+                "answer": i % 3,
+            }
+        )
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    tokenizer_file = tmp_path / "tokenizer.json"
+    synthetic_tokenizer(["what", "colour", "is", "it", *colours]).save(str(tokenizer_file))
+
+    config = load_config_file(os.path.join(ROOT, "configs", "manifest.py"), "variant=tiny,max_frames=4")
+    config.data.update(
+        data_dir=str(tmp_path / "data"),
+        train_manifest=str(tmp_path / "train.jsonl"),
+        eval_manifest=str(tmp_path / "validation.jsonl"),
+        test_manifest=str(tmp_path / "test.jsonl"),
+        tokenizer=str(tokenizer_file),
+        batch_size=2,
+        llm_seq_len=160,
+    )
+    config.model.dtype = "float32"
+    config.stts.layer = 1
+    config.train.update(steps=2, eval_every=2, eval_batches=1, checkpoint_every=2)
+    metrics = train(config, str(tmp_path / "run"))
+    assert metrics["step"] == 2 and np.isfinite(metrics["loss"]) and metrics["answer_examples"] > 0
+    cfg, params, _ = restore_params(str(tmp_path / "run"))
+    test, tokenizer = source(config, "test")
+    results = evaluate(cfg, params, test, tokenizer, batch_size=4, progress=False)
+    assert results["examples"] == 12 and results["frames_per_example"] == 4  # 2 s at 4 fps, 2 fps sampling
