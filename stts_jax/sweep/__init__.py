@@ -21,7 +21,13 @@ import ml_collections
 from stts_jax.configs import load_config_file, model_config, pipeline_config
 from stts_jax.models.config import ConfigError
 
-SHORT = {"stts.method": "method", "stts.prune_ratio": "k", "stts.layer": "layer", "train.seed": "seed"}
+SHORT = {
+    "stts.method": "method",
+    "stts.prune_ratio": "k",
+    "stts.layer": "layer",
+    "train.seed": "seed",
+    "data.seed": "data_seed",
+}
 
 
 def parse_grid(spec: str) -> list[dict[str, Any]]:

@@ -1,0 +1,38 @@
+"""The paper's findings, replicated small on the synthetic testbed (issue #8): a sweep file.
+
+  python -m stts_jax.sweep --sweep=configs/replication.py --root=/tmp/stts_jax_replication
+  python -m stts_jax.sweep --sweep=configs/replication.py:seeds=1,steps=200 --root=/tmp/replication_quick
+  python -m stts_jax.sweep.aggregate --root=/tmp/stts_jax_replication
+
+Runs (each with `seeds` seeds): no pruning; STTS, random, heuristic, STTS without the auxiliary loss
+and fewer frames at k = 0.5; STTS and random at k = 0.3, 0.7 and 0.9; the k = 0.5 STTS models are
+evaluated again with test-time scaling (more frames, the unpruned model's vision-token count). Every
+run trains the same `tiny` model on the same synthetic set; nothing is tuned on the test split.
+The sweep resumes: rerunning skips finished training and evaluations.
+"""
+
+from stts_jax.configs import parse_arg
+from stts_jax.sweep import run_name
+
+
+def get_sweep(arg: str | None = None) -> dict:
+    a = parse_arg(arg, seeds=3, steps=500, frames=8)
+    runs = [{"stts.method": "none"}]
+    runs += [{"stts.method": m, "stts.prune_ratio": 0.5} for m in ("stts", "random", "heuristic", "stts_no_aux")]
+    runs += [{"stts.method": "fewer_frames", "stts.prune_ratio": 0.5}]
+    runs += [{"stts.method": m, "stts.prune_ratio": k} for k in (0.3, 0.7, 0.9) for m in ("stts", "random")]
+    runs = [{**r, "train.seed": seed, "data.seed": seed} for seed in range(a.seeds) for r in runs]
+    fixed = {
+        "train.steps": a.steps,
+        "train.optimizer.total_steps": a.steps,
+        "train.checkpoint_every": a.steps,
+        "train.eval_every": 0,
+        "data.data_dir": "/tmp/stts_jax_replication_data",
+    }
+    scaled = [run_name(r) for r in runs if r["stts.method"] == "stts" and r.get("stts.prune_ratio") == 0.5]
+    return {
+        "config": f"configs/synthetic.py:variant=tiny,frames={a.frames}",
+        "runs": runs,
+        "fixed": fixed,
+        "test_time_scaling": scaled,
+    }
