@@ -29,6 +29,19 @@ def test_configs_build_valid_typed_configs(name):
     assert pipeline.max_videos_per_row <= model.stts.max_videos_per_row
 
 
+def test_replication_sweep_is_valid_and_complete(monkeypatch):
+    from stts_jax.sweep import load_sweep, plan, run_name
+
+    monkeypatch.chdir(CONFIGS.parent)  # sweep files name configs relative to the repo root
+    sweep = load_sweep(str(CONFIGS / "replication.py"))
+    planned = plan(sweep["config"], sweep["runs"], sweep["fixed"])
+    assert len(planned) == 3 * 12  # 3 seeds x (none, 5 methods at k = 0.5, STTS and random at 3 more ratios)
+    assert len(sweep["test_time_scaling"]) == 3 and set(sweep["test_time_scaling"]) <= {
+        run_name(r) for r in sweep["runs"]
+    }
+    assert {c.stts.method for _, c in planned} == {"none", "stts", "random", "heuristic", "stts_no_aux", "fewer_frames"}
+
+
 def test_bad_values_name_the_field():
     get = load("synthetic")
     with pytest.raises(ConfigError, match="stts.prune_ratio"):
