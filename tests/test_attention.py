@@ -41,22 +41,40 @@ def _qkv(rng, t, heads=4, kv=2, d=16):
     return q, k, v
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_splash_interpret_equals_xla_on_packed_rows(causal):
+def _value_and_grads(attention, q, k, v, real):
+    """Output and d(sum(out * cotangent))/d(q, k, v), the cotangent zero on padding queries."""
+    cotangent = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32) * real[:, :, None, None]
+    loss = lambda q, k, v: (attention(q, k, v) * cotangent).sum()
+    return attention(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def _assert_same(got, reference, real):
+    (out, grads), (ref_out, ref_grads) = got, reference
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref_out)[real], atol=1e-5)
+    for name, g, ref in zip("qkv", grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("rows", ["llm", "causal", "vit"])
+def test_splash_interpret_equals_xla_on_packed_rows(rows):
+    """Forward and gradient: packed LLM rows (causal text around bidirectional vision blocks, the
+    two-pass kernel with its custom VJP), causal rows without blocks, and bidirectional ViT rows."""
     rng = np.random.default_rng(0)
     t = 256
-    rows = [
+    packed = [
         packed_row(rng, [100, 90, 40], [[(5, 60), (70, 80)], [(10, 50)], []], t),
         packed_row(rng, [256], [[(0, 3), (250, 256)]], t),
     ]
-    segments = jnp.asarray(np.stack([r[0] for r in rows]))
-    blocks = jnp.asarray(np.stack([r[1] for r in rows])) if causal else None
-    m = SegmentMask.self_attention(segments, blocks, causal=causal)
+    segments = jnp.asarray(np.stack([r[0] for r in packed]))
+    blocks = jnp.asarray(np.stack([r[1] for r in packed])) if rows == "llm" else None
+    m = SegmentMask.self_attention(segments, blocks, causal=rows != "vit")
     q, k, v = _qkv(rng, t)
-    reference = attend_segments(q, k, v, m, impl="xla")
-    splash = jax.jit(lambda q, k, v: attend_segments(q, k, v, m, impl="splash"))(q, k, v)
     real = np.asarray(segments) != 0
-    np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(reference)[real], atol=1e-5)
+    reference = _value_and_grads(lambda q, k, v: attend_segments(q, k, v, m, impl="xla"), q, k, v, real)
+    splash = jax.jit(
+        lambda q, k, v: _value_and_grads(lambda q, k, v: attend_segments(q, k, v, m, impl="splash"), q, k, v, real)
+    )(q, k, v)
+    _assert_same(splash, reference, real)
 
 
 def test_jax_dot_product_attention_equals_xla_with_bias_and_mask():
@@ -70,8 +88,8 @@ def test_jax_dot_product_attention_equals_xla_with_bias_and_mask():
 
 @pytest.mark.parametrize("impl", ["xla", "splash"])
 def test_packed_frame_attention_equals_dense_segment_mask(impl):
-    """Frames of <= 49 slots laid flat across 128-slot chunks: the chunked (XLA) and banded (splash)
-    paths equal full attention under the dense same-frame mask."""
+    """Packed ViT rows: frames of <= 49 slots laid flat across 128-slot chunks; the chunked (XLA) and
+    banded (splash) paths equal full attention under the dense same-frame mask, forward and gradient."""
     from stts_jax.models.attention import attend_packed_frames
 
     rng = np.random.default_rng(2)
@@ -87,11 +105,11 @@ def test_packed_frame_attention_equals_dense_segment_mask(impl):
             start, frame = start + size, frame + 1
     segments = jnp.asarray(segments)
     q, k, v = _qkv(rng, slots)
-    dense_mask = make_attention_mask(SegmentMask.self_attention(segments, causal=False))
-    reference = attend(q, k, v, mask=dense_mask, impl="xla")
-    got = jax.jit(lambda q, k, v: attend_packed_frames(q, k, v, segments, frame_len, impl))(q, k, v)
     real = np.asarray(segments) != 0
-    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(reference)[real], atol=1e-5)
+    dense_mask = make_attention_mask(SegmentMask.self_attention(segments, causal=False))
+    reference = _value_and_grads(lambda q, k, v: attend(q, k, v, mask=dense_mask, impl="xla"), q, k, v, real)
+    packed = lambda q, k, v: attend_packed_frames(q, k, v, segments, frame_len, impl)
+    _assert_same(jax.jit(lambda q, k, v: _value_and_grads(packed, q, k, v, real))(q, k, v), reference, real)
 
 
 def test_score_bias_rescales_per_frame_and_spares_first_frames():

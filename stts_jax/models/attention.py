@@ -8,11 +8,13 @@ Every attention in the project goes through `attend` (dense mask and/or additive
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 
@@ -171,67 +173,183 @@ def attend_packed_frames(
 
 # -- Pallas splash attention (TPU; interpret mode elsewhere) -----------------------------------------------
 
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_KERNEL_BLOCK = 128  # splash's query / key block; sequences are padded to a multiple of it
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, interpret: bool, residuals: bool, band: int):
+def _splash_kernel(q_len: int, kv_len: int, heads: int, kind: str, band: int, interpret: bool):
+    """A splash kernel for one static mask: "causal", "upper" (key slot >= query slot), or "full"
+    (restricted to |key slot - query slot| < band when band > 0). It always returns the log-sum-exp."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     shape = (q_len, kv_len)
     if kind == "causal":
         base = sm.CausalMask(shape)
-    elif kind == "upper":  # key slot >= query slot, computed lazily per block
+    elif kind == "upper":  # computed lazily per block, like the causal mask
         base = sm.LocalMask(shape, window_size=(0, None), offset=0)
-    elif band:  # |key slot - query slot| < band
+    elif band:
         base = sm.LocalMask(shape, window_size=(band - 1, band - 1), offset=0)
     else:
         base = sm.FullMask(shape)
-    block = 128, 128
+    b = _KERNEL_BLOCK
     sizes = sk.BlockSizes(
-        block_q=block[0],
-        block_kv=block[1],
-        block_kv_compute=block[1],
-        block_q_dkv=block[0],
-        block_kv_dkv=block[1],
-        block_kv_dkv_compute=block[1],
-        block_q_dq=block[0],
-        block_kv_dq=block[1],
-    )
+        block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b, block_kv_dkv_compute=b,
+        block_q_dq=b, block_kv_dq=b,
+    )  # fmt: skip
     with jax.ensure_compile_time_eval():  # the cached kernel's mask arrays must not be tracers
         return sk.make_splash_mha(
             sm.MultiHeadMask([base] * heads),
             head_shards=1,
             q_seq_shards=1,
             block_sizes=sizes,
-            save_residuals=residuals,
+            save_residuals=True,
             interpret=interpret,
         )
 
 
-def _splash_call(
-    q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array, kind: str, residuals: bool = False, band: int = 0
-) -> tuple[Array, Array | None]:
-    """One splash pass over [b, t, h, d] tensors -> (out [b, t, h, d] fp32, logsumexp [b, h, t] or None).
+def splash_block_pairs(length: int, kind: str, band: int = 0) -> int:
+    """(query block, key block) pairs one splash pass computes over `length` slots (a multiple of 128)
+    for its static mask ("causal", "upper", or "full" within `band`); the kernel skips all others.
+    XLA's cost analysis cannot see inside the kernel, so its cost is counted from these."""
+    kernel = _splash_kernel(length, length, 1, kind, band, True)
+    return int(np.count_nonzero(np.asarray(kernel.fwd_mask_info.block_mask)[0]))
 
-    The kernel differentiates only without residuals (`residuals=False`).
-    """
+
+def _on_tpu_or_interpreted(run, *args):
+    """`run(interpret, *args)` compiled for the platform the program is lowered for (which is not
+    `jax.default_backend()` when compiling ahead of time for a TPU topology from a CPU host)."""
+    return jax.lax.platform_dependent(*args, tpu=functools.partial(run, False), default=functools.partial(run, True))
+
+
+def _splash_pass(mask: tuple[str, int], q: Array, k: Array, v: Array, q_ids: Array, kv_ids: Array):
+    """One kernel pass over [b, h, t, d] tensors and ids [b, t] -> (out [b, h, t, d], lse [b, h, t])."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
-    b, t, h, d = q.shape
-    interpret = jax.default_backend() != "tpu"
-    kernel = _splash_kernel(t, k.shape[1], h, kind, interpret, residuals, band)
-    scale = d**-0.5
-    qh = (q * scale).transpose(0, 2, 1, 3)  # splash takes [heads, len, dim] and applies no scale itself
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    def run(interpret, q, k, v, q_ids, kv_ids):
+        kernel = _splash_kernel(q.shape[2], k.shape[2], q.shape[1], *mask, interpret)
 
-    def one(qi, ki, vi, qs, ks):
-        result = kernel(qi, ki, vi, segment_ids=sk.SegmentIds(q=qs, kv=ks))
-        return (result[0], result[1][0]) if residuals else (result, None)
+        def one(qi, ki, vi, qs, ks):
+            out, (lse,) = kernel(qi, ki, vi, segment_ids=sk.SegmentIds(q=qs, kv=ks))
+            return out, lse
 
-    out, lse = jax.vmap(one)(qh, kh, vh, q_ids, kv_ids)
-    return out.transpose(0, 2, 1, 3).astype(jnp.float32), lse
+        return jax.vmap(one)(q, k, v, q_ids, kv_ids)
+
+    return _on_tpu_or_interpreted(run, q, k, v, q_ids, kv_ids)
+
+
+def _splash_pass_grads(mask: tuple[str, int], q, k, v, q_ids, kv_ids, out, lse, d_out):
+    """The kernel's own backward for one pass, run against the given `out` / `lse` -> (dq, dk, dv)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    def run(interpret, q, k, v, q_ids, kv_ids, out, lse, d_out):
+        kernel = _splash_kernel(q.shape[2], k.shape[2], q.shape[1], *mask, interpret)
+
+        def one(qi, ki, vi, qs, ks, oi, li, doi):
+            residuals = (
+                qi,
+                ki,
+                vi,
+                sk.SegmentIds(q=qs, kv=ks),
+                None,
+                oi,
+                li,
+                kernel.dq_mask_info,
+                kernel.dkv_mask_info,
+            )
+            grads = sk._splash_attention_bwd(**kernel.kwargs, res=residuals, do=doi)
+            return grads[3:6]  # (q, k, v) in the order of the kernel's inputs
+
+        return jax.vmap(one)(q, k, v, q_ids, kv_ids, out, lse, d_out)
+
+    return _on_tpu_or_interpreted(run, q, k, v, q_ids, kv_ids, out, lse, d_out)
+
+
+def _merged_forward(masks, q, keys, values, q_ids, kv_ids, q_valid):
+    outs, lses = [], []
+    for mask, k, v, qi, ki, valid in zip(masks, keys, values, q_ids, kv_ids, q_valid, strict=True):
+        out, lse = _splash_pass(mask, q, k, v, qi, ki)
+        if valid is not None:
+            out = jnp.where(valid[:, None, :, None], out, 0)
+            lse = jnp.where(valid[:, None, :], lse, -jnp.inf)
+        outs.append(out.astype(jnp.float32))
+        lses.append(lse)
+    lse = functools.reduce(jnp.logaddexp, lses)
+    out = sum(jnp.exp(part_lse - lse)[..., None] * part for part, part_lse in zip(outs, lses, strict=True))
+    return out.astype(q.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _splash_passes(masks, q, keys, values, q_ids, kv_ids, q_valid) -> Array:
+    """Attention over the union of disjoint key sets, one kernel pass each, merged by log-sum-exp.
+
+    masks: static ((kind, band), ...) per pass; q: [b, h, t, d], pre-scaled; keys / values: per pass
+    [b, h, s, d]; q_ids / kv_ids: per pass segment ids [b, t] / [b, s]; q_valid: per pass [b, t] bool
+    or None, the queries that have a key in that pass (the others are left out of the merge).
+
+    The gradient of the merged softmax is, for every key, the single-softmax formula with the
+    merged output and log-sum-exp: dS = P (dO . V - rowsum(dO * O)), P = exp(S - lse). So the
+    backward runs each pass's kernel backward against the merged residuals and adds the results.
+    """
+    return _merged_forward(masks, q, keys, values, q_ids, kv_ids, q_valid)[0]
+
+
+def _splash_passes_fwd(masks, q, keys, values, q_ids, kv_ids, q_valid):
+    out, lse = _merged_forward(masks, q, keys, values, q_ids, kv_ids, q_valid)
+    return out, (q, keys, values, q_ids, kv_ids, q_valid, out, lse)
+
+
+def _splash_passes_bwd(masks, residuals, d_out):
+    q, keys, values, q_ids, kv_ids, q_valid, out, lse = residuals
+    d_out = d_out.astype(q.dtype)
+    dq, dks, dvs = jnp.zeros(q.shape, jnp.float32), [], []
+    for mask, k, v, qi, ki, valid in zip(masks, keys, values, q_ids, kv_ids, q_valid, strict=True):
+        # A query left out of this pass must contribute nothing: a zero dO makes every term zero.
+        pass_d_out = d_out if valid is None else jnp.where(valid[:, None, :, None], d_out, 0).astype(q.dtype)
+        dq_pass, dk, dv = _splash_pass_grads(mask, q, k, v, qi, ki, out, lse, pass_d_out)
+        dq += dq_pass.astype(jnp.float32)
+        dks.append(dk.astype(k.dtype))
+        dvs.append(dv.astype(v.dtype))
+    no_grad = (None,) * len(masks)  # ids and validity are integer / boolean
+    return dq.astype(q.dtype), tuple(dks), tuple(dvs), no_grad, no_grad, no_grad
+
+
+_splash_passes.defvjp(_splash_passes_fwd, _splash_passes_bwd)
+
+
+def _splash_per_shard(masks, q, keys, values, q_ids, kv_ids, q_valid) -> Array:
+    """`_splash_passes`, under the mesh being traced for (if any) run once per shard of rows and heads.
+
+    XLA cannot partition a Mosaic kernel, so a program for several devices must call it inside a
+    `shard_map`. Rows are split like the "batch" logical axis and heads like "heads" (the rules
+    table of `stts_jax.train.sharding`), over the mesh axes that divide them; other axes replicate.
+    The mesh comes from `jax.set_mesh` / `jax.sharding.use_abstract_mesh` around the trace.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    run = functools.partial(_splash_passes, masks)
+    if mesh.empty or mesh.size == 1:
+        return run(q, keys, values, q_ids, kv_ids, q_valid)
+    from stts_jax.train.sharding import LOGICAL_RULES
+
+    rules = dict(LOGICAL_RULES)
+
+    def dividing(logical: str, size: int) -> tuple[str, ...]:
+        names = [a for a in rules.get(logical) or () if a in mesh.axis_names and mesh.shape[a] > 1]
+        while names and size % math.prod(mesh.shape[a] for a in names):
+            names.pop()
+        return tuple(names)
+
+    rows, heads = dividing("batch", q.shape[0]), dividing("heads", q.shape[1])
+    x_spec = PartitionSpec(rows or None, heads or None)
+    ids_spec = PartitionSpec(rows or None)
+    n = len(masks)
+    return jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(x_spec, (x_spec,) * n, (x_spec,) * n, (ids_spec,) * n, (ids_spec,) * n, (ids_spec,) * n),
+        out_specs=x_spec,
+        check_vma=False,  # the Pallas call carries no varying-axes annotations
+    )(q, keys, values, q_ids, kv_ids, q_valid)
 
 
 def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMask, band: int = 0) -> Array:
@@ -241,44 +359,41 @@ def splash_attention(query: Array, key: Array, value: Array, segments: SegmentMa
     bidirectional vision block is the union of two disjoint key sets, each one splash pass:
     (1) causal keys of the same segment; (2) strictly later keys of the same block, expressed by
     giving tokens outside any block ids that never match. The two partial softmaxes are merged by
-    their log-sum-exps. Block ids must be unique within a row (the VLM uses the segment id).
-    Self-attention only; lengths are padded to the kernel's 128-token blocks. With vision blocks the
-    merge needs the kernel's log-sum-exp, which it does not differentiate: that case is forward-only
-    (inference); causal-only and full attention are differentiable. `band` > 0 (non-causal only)
-    restricts keys to |i - j| < band, which the kernel uses to skip blocks. Padding queries
-    (segment 0) see other padding here, where the XLA path gives them the mean of all values.
+    their log-sum-exps, and the backward pass runs each kernel's backward against the merged
+    output (`_splash_passes`), so every case is differentiable. Block ids must be unique within a
+    row (the VLM uses the segment id). Self-attention only; lengths are padded to the kernel's
+    128-token blocks. `band` > 0 (non-causal only) restricts keys to |i - j| < band, which the
+    kernel uses to skip blocks. Padding queries (segment 0) see other padding here, where the XLA
+    path gives them the mean of all values. On TPU this lowers to the Mosaic kernel; on any other
+    platform to the same kernel in Pallas interpret mode.
     """
     heads, kv = query.shape[2], key.shape[2]
     if heads != kv:
         key = jnp.repeat(key, heads // kv, axis=2)
         value = jnp.repeat(value, heads // kv, axis=2)
-    t = query.shape[1]
-    pad = -t % 128
+    b, t, _, d = query.shape
+    pad = -t % _KERNEL_BLOCK
     seg = jnp.pad(segments.q_segment_ids, ((0, 0), (0, pad)))
-    query, key, value = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (query, key, value))
-    if not segments.causal:
-        out, _ = _splash_call(query, key, value, seg, seg, "full", band=band)
-        return out[:, :t].astype(query.dtype)
-    if segments.q_block_ids is None:
-        out, _ = _splash_call(query, key, value, seg, seg, "causal")
-        return out[:, :t].astype(query.dtype)
-    out1, lse1 = _splash_call(query, key, value, seg, seg, "causal", residuals=True)
+    # splash takes [heads, len, dim] per example and applies no scale itself
+    to_kernel = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    q, k, v = to_kernel(query * d**-0.5), to_kernel(key), to_kernel(value)
+    if not segments.causal or segments.q_block_ids is None:
+        mask = ("causal" if segments.causal else "full", 0 if segments.causal else band)
+        out = _splash_per_shard((mask,), q, (k,), (v,), (seg,), (seg,), (None,))
+        return out.transpose(0, 2, 1, 3)[:, :t]
     block = jnp.pad(segments.q_block_ids, ((0, 0), (0, pad)))
     in_block = block > 0
     slots = jnp.arange(t + pad)
-    last_slot = jax.vmap(lambda b: jnp.full(t + pad + 1, -1).at[b].max(slots))(jnp.where(in_block, block, 0))
+    last_slot = jax.vmap(lambda row: jnp.full(t + pad + 1, -1).at[row].max(slots))(jnp.where(in_block, block, 0))
     has_later = in_block & (jnp.take_along_axis(last_slot, block, axis=1) > slots)
     # Pass 2 runs over keys shifted one slot left, so "strictly later" becomes the static upper
     # triangle including the diagonal. A query with no later block key takes the id of the key on
-    # its diagonal (so its row is not empty, as the kernel requires) and is dropped when merging.
+    # its diagonal (so its row is not empty, as the kernel requires) and is left out of the merge.
     kv2 = jnp.where(in_block, block, -1 - slots)
     kv2_next = jnp.concatenate([kv2[:, 1:], jnp.full_like(kv2[:, :1], -2 - t - pad)], axis=1)
     q2 = jnp.where(has_later, block, kv2_next)
-    shift = lambda x: jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
-    out2, lse2 = _splash_call(query, shift(key), shift(value), q2, kv2_next, "upper", residuals=True)
-    lse2 = jnp.where(has_later[:, None, :], lse2, -jnp.inf)
-    lse = jnp.logaddexp(lse1, lse2)
-    w1 = jnp.exp(lse1 - lse).transpose(0, 2, 1)[..., None]
-    w2 = jnp.exp(lse2 - lse).transpose(0, 2, 1)[..., None]
-    out = w1 * out1 + w2 * jnp.where(has_later[:, :, None, None], out2, 0.0)
-    return out[:, :t].astype(query.dtype)
+    shift = lambda x: jnp.concatenate([x[:, :, 1:], jnp.zeros_like(x[:, :, :1])], axis=2)
+    out = _splash_per_shard(
+        (("causal", 0), ("upper", 0)), q, (k, shift(k)), (v, shift(v)), (seg, q2), (seg, kv2_next), (None, has_later)
+    )
+    return out.transpose(0, 2, 1, 3)[:, :t]
