@@ -97,10 +97,19 @@ train_step = jax.jit(_train_step, static_argnames=("cfg", "optimizer", "accumula
 def sharded_train_step(
     cfg: Molmo2Config, optimizer: optax.GradientTransformation, state_sharding, batch_sharding, accumulate: int = 1
 ):
-    """`train_step` compiled for a mesh: state and batch in their shardings, state donated, metrics replicated."""
-    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    """`train_step` compiled for a mesh: state and batch in their shardings, state donated, metrics replicated.
+
+    Traced under the mesh, so that Pallas attention kernels (which XLA cannot partition) run per shard."""
+    mesh = batch_sharding.mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(_train_step, cfg, optimizer, accumulate=accumulate)
+
+    def step_on_mesh(state: TrainState, batch: VideoBatch, targets: Array) -> tuple[TrainState, dict]:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(state, batch, targets)
+
     return jax.jit(
-        functools.partial(_train_step, cfg, optimizer, accumulate=accumulate),
+        step_on_mesh,
         in_shardings=(state_sharding, batch_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
