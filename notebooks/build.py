@@ -29,11 +29,14 @@ SCORES = [
     ),
     (
         "code",
-        """import os, tempfile
+        """import os
+import tempfile
+
 import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+
 from stts_jax.configs import load_config_file
 from stts_jax.data.pipeline import as_text
 from stts_jax.evaluate import window_scores
@@ -62,21 +65,28 @@ w = window_scores(cfg, params, test, index, tokenizer)
 record = test[index]
 print(as_text(record["question"]), "| family:", as_text(record["family"]))
 print(f"object windows kept: {w['keep'][1:][w['objects'][1:]].mean():.2f} (frames after the first)")
+print(f"scores from {w['scores'].min():.2e} to {w['scores'].max():.2e}")
 
 rows, cols = cfg.vision.patch_grid
 grid = int(np.ceil(rows / 3))
 T = len(w["frames"])
+low, high = np.log10(w["scores"][1:].min()), np.log10(w["scores"][1:].max())
 fig, axes = plt.subplots(3, T, figsize=(1.9 * T, 6))
 for t in range(T):
-    axes[0, t].imshow(w["frames"][t]); axes[0, t].contour(w["masks"][t] > 0, colors="w", linewidths=0.8)
+    axes[0, t].imshow(w["frames"][t])
+    axes[0, t].contour(w["masks"][t] > 0, colors="w", linewidths=0.8)
     axes[0, t].set_title(f"t={t}")
-    axes[1, t].imshow(w["scores"][t].reshape(grid, grid), vmin=0, vmax=1, cmap="viridis")
+    # log scale spanning the scores of frames 1..: ranks decide what is kept, scores trained on mostly
+    # static videos sit close to 0, and frame 0 (never pruned, no previous frame) scores far higher
+    axes[1, t].imshow(np.log10(w["scores"][t]).reshape(grid, grid), vmin=low, vmax=high)
     axes[2, t].imshow(w["keep"][t].reshape(grid, grid), vmin=0, vmax=1, cmap="gray")
     ys, xs = np.nonzero(w["objects"][t].reshape(grid, grid))
     axes[2, t].scatter(xs, ys, marker="x", c="r", s=20)
 for ax in axes.ravel():
-    ax.set_xticks([]); ax.set_yticks([])
-axes[0, 0].set_ylabel("frame + masks"); axes[1, 0].set_ylabel("window score"); axes[2, 0].set_ylabel("kept (x: object)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+for row, label in enumerate(("frame + masks", "log10 window score", "kept (x: object)")):
+    axes[row, 0].set_ylabel(label)
 fig.tight_layout()""",
     ),
 ]
@@ -91,10 +101,14 @@ ABLATION = [
     ),
     (
         "code",
-        """import glob, os, tempfile
+        """import glob
+import os
+import tempfile
+
 import tensorflow_datasets as tfds
 from absl import logging
 from IPython.display import Image, Markdown, display
+
 from stts_jax.sweep import parse_grid, run_sweep
 from stts_jax.sweep.aggregate import aggregate
 
@@ -127,6 +141,7 @@ def notebook(cells) -> nbformat.NotebookNode:
 def execute(path: str, timeout: int = 900) -> nbformat.NotebookNode:
     """Runs a notebook file top to bottom in a fresh kernel (cwd: notebooks/); raises on a failing cell."""
     nb = nbformat.read(path, as_version=4)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # tiny settings; no accelerator probing in the outputs
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
     return nb
 
