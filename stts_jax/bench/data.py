@@ -1,10 +1,11 @@
-"""Input-pipeline throughput on this machine, next to the `tiny` model's gradient step.
+"""Input-pipeline throughput on this machine, next to the model's train step.
 
-  python -m stts_jax.bench.data [--batches 20]
+  python -m stts_jax.bench data [--batches 20] [--variants tiny small]
 
 Builds a small synthetic set and a manifest of mp4 files written with PyAV (in a temporary
 directory), runs the grain pipeline (decode -> preprocess -> pack -> batch) and prints examples/s,
-then times the jitted forward+backward of `tiny` with STTS on the same batches.
+then times `stts_jax.train.step.train_step` (loss, gradients, AdamW update) of each variant with
+STTS on the same batches.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from stts_jax.bench import report
 from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import PipelineConfig, make_dataset, to_model_batch
 from stts_jax.data.synthetic import SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
-from stts_jax.models import Molmo2, get_config
+from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
+from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
+from stts_jax.train.step import init_state, param_shapes, train_step
 
 
 def write_manifest(root: str, count: int, synthetic: SyntheticConfig) -> str:
@@ -87,31 +90,33 @@ def pipeline_rate(source, model_cfg, pipeline, tokenizer, batches: int) -> tuple
     return examples / (time.perf_counter() - start), kept
 
 
-def step_rate(model_cfg, batches: list) -> float:
-    """Examples/s of the jitted forward+backward (next-token loss + aux loss) on `batches`."""
-    model = Molmo2(model_cfg)
+def step_rate(model_cfg, batches: list) -> tuple[float, float]:
+    """(examples/s, median seconds per step) of `stts_jax.train.step.train_step` (loss, gradients,
+    AdamW update) on `batches`."""
     video, targets = to_model_batch(batches[0], model_cfg)
-    params = jax.jit(model.init)({"params": jax.random.key(0), "stts": jax.random.key(1)}, video)["params"]
-
-    def loss(p, video, targets):
-        logits, out = model.apply({"params": p}, video, rngs={"stts": jax.random.key(1)})
-        return jnp.mean(jax.nn.logsumexp(logits, -1)) + out["stts/aux_loss"]
-
-    step = jax.jit(jax.value_and_grad(loss))
-    jax.block_until_ready(step(params, video, targets))
+    optimizer = make_optimizer(OptimizerConfig(), param_shapes(model_cfg, video))
+    state, _ = train_step(model_cfg, optimizer, init_state(model_cfg, optimizer, video, seed=0), video, targets)
+    jax.block_until_ready(state)  # compiled and warmed up
     times = []
     for batch in batches[1:]:
         video, targets = to_model_batch(batch, model_cfg)
         start = time.perf_counter()
-        jax.block_until_ready(step(params, video, targets))
+        state, metrics = train_step(model_cfg, optimizer, state, video, targets)
+        jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
-    return statistics.mean(count_examples(b) for b in batches) / statistics.median(times)
+    seconds = statistics.median(times)
+    return statistics.mean(count_examples(b) for b in batches) / seconds, seconds
+
+
+def keeps_up(row: dict) -> bool:
+    return row["pipeline_examples_per_second"] >= row["step_examples_per_second"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stts_jax.bench.data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stts_jax.bench data", description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
     synthetic = SyntheticConfig(frames=8, size=64)
     tokenizer = synthetic_tokenizer(synthetic.vocabulary())
@@ -135,14 +140,46 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 source = tfds.data_source(f"{dataset}/bench", data_dir=root, split="train")
                 rates[name], batches = pipeline_rate(source, model_cfg, pipeline, tokenizer, args.batches)
-            step = step_rate(model_cfg, batches)
-            rows += [(variant, name, rate, step) for name, rate in rates.items()]
-    print(f"{'model':<6} {'source':<26} {'pipeline ex/s':>14} {'grad step ex/s':>15} {'keeps up':>9}")
-    for variant, name, rate, step in rows:
-        print(f"{variant:<6} {name:<26} {rate:>14.1f} {step:>15.1f} {'yes' if rate >= step else 'no':>9}")
+            step_examples, step_seconds = step_rate(model_cfg, batches)
+            rows += [
+                {
+                    "setup": f"input pipeline: {name}",
+                    "variant": variant,
+                    "frames": pipeline.max_frames,
+                    "batch": pipeline.batch_size,
+                    "prune_ratio": stts.prune_ratio,
+                    "method": stts.method,
+                    "mode": "train",
+                    "flops": None,
+                    "seconds_per_step": step_seconds,
+                    "speedup_vs_unpruned": None,
+                    "flop_ratio_vs_unpruned": None,
+                    "packing_efficiency": None,
+                    "peak_memory_bytes": None,
+                    "device": report.device_name(),
+                    "pipeline_examples_per_second": rate,
+                    "step_examples_per_second": step_examples,
+                }
+                for name, rate in rates.items()
+            ]
+    report.write_json(rows, args.json)
+    report.print_table(
+        rows,
+        [
+            ("model", "<", lambda r: r["variant"]),
+            ("source", "<", lambda r: r["setup"].removeprefix("input pipeline: ")),
+            ("pipeline ex/s", ">", report.number("pipeline_examples_per_second", ".1f")),
+            ("train step ex/s", ">", report.number("step_examples_per_second", ".1f")),
+            (
+                "keeps up",
+                ">",
+                lambda r: "yes" if r["pipeline_examples_per_second"] >= r["step_examples_per_second"] else "no",
+            ),
+        ],
+    )
     print(
-        f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, one process; batch {pipeline.batch_size} "
-        f"rows of {pipeline.llm_seq_len} LLM tokens after pruning / {pipeline.max_frames} frame slots, k = 0.5"
+        f"device: {report.device_name()}, one process; batch {pipeline.batch_size} rows of {pipeline.llm_seq_len} "
+        f"LLM tokens after pruning / {pipeline.max_frames} frame slots, k = 0.5"
     )
     return 0
 

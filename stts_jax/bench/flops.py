@@ -1,7 +1,7 @@
 """Forward FLOPs of STTS vs the unpruned model from XLA's cost analysis (compile only, abstract shapes).
 
-  python -m stts_jax.bench.flops                          # tiny and molmo2-4b at 64 frames
-  python -m stts_jax.bench.flops --variant=molmo2-4b --frames=64 --ratios 0 0.3 0.5 0.7 --json=out.json
+  python -m stts_jax.bench flops                          # tiny and molmo2-4b at 64 frames
+  python -m stts_jax.bench flops --variant=molmo2-4b --frames=64 --ratios 0 0.3 0.5 0.7 --json=out.json
 
 Nothing is allocated: params and inputs are `jax.ShapeDtypeStruct`s, the forward is lowered and
 compiled (layers unrolled) for this machine's backend, and `cost_analysis()["flops"]` is read off
@@ -11,38 +11,16 @@ the executable. "bound" is the speed-up the FLOP ratio allows.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 
 import jax
-import jax.numpy as jnp
 
-from stts_jax.data.pooling import pooling_windows
+from stts_jax.bench import report
+from stts_jax.bench.workload import abstract_batch, method_config, packing_efficiency, prompt_length, scorer_inputs
 from stts_jax.models import Molmo2, VideoBatch, get_config
-from stts_jax.models.config import Molmo2Config, STTSConfig
-from stts_jax.stts import budget, packing
+from stts_jax.models.config import Molmo2Config
 from stts_jax.stts.scorer import Scorer
 
-TIMESTAMP_TOKENS = 3  # "12.5 " is about three tokens before each frame
-
-
-def prompt_length(cfg: Molmo2Config, frames: int, text_tokens: int) -> int:
-    windows = len(pooling_windows(*cfg.vision.patch_grid, *cfg.adapter.pooling_size))
-    return frames * (windows + 2 + TIMESTAMP_TOKENS) + text_tokens
-
-
-def abstract_batch(cfg: Molmo2Config, batch: int, frames: int, seq: int) -> VideoBatch:
-    v = cfg.vision
-    windows = pooling_windows(*v.patch_grid, *cfg.adapter.pooling_size)
-    ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    return VideoBatch(
-        input_ids=ints(batch, seq),
-        segment_ids=ints(batch, seq),
-        positions=ints(batch, seq),
-        pixel_values=jax.ShapeDtypeStruct((batch, frames, v.num_patches, v.patch_dim), jnp.dtype(cfg.dtype)),
-        pooling_idx=ints(batch, frames * len(windows), windows.shape[1]),
-        frame_video_ids=ints(batch, frames),
-    )
+__all__ = ["abstract_batch", "forward_flops", "prompt_length", "rows", "scorer_flops"]
 
 
 def forward_flops(cfg: Molmo2Config, batch: VideoBatch) -> float:
@@ -55,57 +33,49 @@ def forward_flops(cfg: Molmo2Config, batch: VideoBatch) -> float:
 
 
 def scorer_flops(cfg: Molmo2Config, batch: int, frames: int) -> float:
-    v = cfg.vision
-    windows = pooling_windows(*v.patch_grid, *cfg.adapter.pooling_size)
-    patches = jax.ShapeDtypeStruct((batch, frames, *windows.shape, v.hidden_size), jnp.dtype(cfg.dtype))
-    times = jax.ShapeDtypeStruct((batch, frames), jnp.int32)
-    valid = jnp.asarray(windows >= 0)
+    patches, valid, times = scorer_inputs(cfg, batch, frames)
     scorer = Scorer(cfg)
     params = jax.eval_shape(lambda x, t: scorer.init(jax.random.key(0), x, valid, t)["params"], patches, times)
     run = jax.jit(lambda p, x, t: scorer.apply({"params": p}, x, valid, t))
-    return float(run.lower(params, patches, times).compile().cost_analysis()["flops"])
+    return report.flops(run.lower(params, patches, times).compile())
 
 
 def rows(variant: str, frames: int, batch: int, text_tokens: int, ratios: list[float]) -> list[dict]:
     base = get_config(variant)
     seq = prompt_length(base, frames, text_tokens)
-    windows = len(pooling_windows(*base.vision.patch_grid, *base.adapter.pooling_size))
-    window_patches = base.adapter.pooling_size[0] * base.adapter.pooling_size[1]
     unpruned = forward_flops(base, abstract_batch(base, batch, frames, seq))
     scorer = scorer_flops(base, batch, frames)
     table = []
     for ratio in ratios:
-        pruned_seq = seq - budget.pruned_windows(frames, windows, ratio)
-        cfg = dataclasses.replace(
-            base, stts=STTSConfig(method="stts", prune_ratio=ratio, llm_seq_len=pruned_seq)
-        ).validate()
+        cfg = method_config(base, ratio, frames, text_tokens)
         flops = forward_flops(cfg, abstract_batch(cfg, batch, frames, seq))
-        capacity = budget.kept_capacity(frames, windows, ratio, 1)
-        slots = packing.buffer_size(capacity, window_patches, base.vision.num_patches)
-        kept = budget.kept_windows(frames, windows, ratio) * window_patches
         table.append(
             {
+                "setup": f"{frames} frames x batch {batch}, text {text_tokens}",
                 "variant": variant,
                 "frames": frames,
                 "batch": batch,
                 "prune_ratio": ratio,
                 "method": "stts",
                 "mode": "forward",
-                "llm_tokens": pruned_seq,
+                "llm_tokens": cfg.stts.llm_seq_len,
                 "flops": flops,
                 "flops_unpruned": unpruned,
+                "seconds_per_step": None,  # compiled only
+                "speedup_vs_unpruned": None,
                 "flop_ratio_vs_unpruned": flops / unpruned,
                 "speedup_bound": unpruned / flops,
-                "packing_efficiency": kept / slots,
+                "packing_efficiency": packing_efficiency(cfg, frames, ratio),
+                "peak_memory_bytes": None,
                 "scorer_flops_share": scorer / flops,
-                "device": jax.devices()[0].device_kind,
+                "device": f"compile only ({report.device_name()})",
             }
         )
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stts_jax.bench.flops", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stts_jax.bench flops", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", nargs="+", default=["tiny", "molmo2-4b"])
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
@@ -122,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['flop_ratio_vs_unpruned']:>6.3f} {r['speedup_bound']:>6.2f} {r['packing_efficiency']:>8.3f} "
             f"{r['scorer_flops_share']:>7.2%}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(table, f, indent=2)
+    report.write_json(table, args.json)
     return 0
 
 
