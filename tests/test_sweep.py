@@ -50,6 +50,7 @@ def test_pod_commands_train_on_every_host_then_evaluate():
     ]
 
 
+@pytest.mark.slow  # ~1 min; notebooks/ablation.ipynb (tests/test_notebooks.py) runs and aggregates a sweep by default
 def test_a_tiny_sweep_runs_resumes_and_aggregates(tmp_path):
     runs = [{"stts.method": "none"}, {"stts.method": "random", "stts.prune_ratio": 0.5}]
     fixed = {"train.steps": 3, "train.eval_every": 0, "data.data_dir": str(tmp_path / "data")}
