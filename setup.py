@@ -40,7 +40,8 @@ setup(
     extras_require={
         "hf": HF_REQUIRES,
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],  # pods: libtpu, and gs:// for TFDS / Orbax / TensorBoard
-        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100"] + NOTEBOOK_REQUIRES,
+        # jax[tpu]: the libtpu built for the installed jax (0.0.42.* for jax 0.10.2); tests compile for TPU slices
+        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100", "jax[tpu]"] + NOTEBOOK_REQUIRES,
         "notebooks": NOTEBOOK_REQUIRES,
     },
 )

@@ -1,0 +1,142 @@
+"""Ahead-of-time compilation for TPU slices on this CPU host: libtpu describes the slice, the TPU
+compiler builds the program with the Mosaic splash kernels, and `stts_jax.aot` reads it back."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another JAX process may hold libtpu's lock
+pytest.importorskip("libtpu", reason="libtpu is not installed: `pip install -e .[test]` brings it (jax[tpu])")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from stts_jax import aot  # noqa: E402
+from stts_jax.models.attention import SegmentMask, attend_segments  # noqa: E402
+from stts_jax.models.config import get_config  # noqa: E402
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def synthetic_config(arg: str = "variant=tiny"):
+    spec = importlib.util.spec_from_file_location("synthetic", ROOT / "configs" / "synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def tiny_on_slice(fsdp: int = 4, topology: str = "v5e:2x2"):
+    config = synthetic_config()
+    config.train.mesh.fsdp = fsdp
+    devices = aot.topology_devices(topology)
+    mesh = aot.slice_mesh(aot.MeshConfig(**config.train.mesh), devices, 1)
+    return aot.workload(config, hosts=1), mesh, aot.chip_spec(devices[0])
+
+
+def test_tiny_train_step_compiles_for_a_tpu_slice_with_splash_attention():
+    w, mesh, chip = tiny_on_slice()
+    report = aot.train_report(w, mesh, chip, cost="scan")
+    assert not report.error
+    assert report.hbm_bytes == 16 * aot.GIB  # v5e
+    assert report.argument_bytes > 0 and report.output_bytes > 0 and report.temp_bytes > 0
+    assert report.peak_bytes > 0 and report.fits
+    # every Pallas kernel of the step, in the ViT (dense frames, packed frames) and the LLM (two passes)
+    for kernel in ("splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv"):  # forward and both backward kernels
+        for site in ("vit", "llm"):
+            assert any(k.startswith(kernel) and f" {site} [" in k for k in report.kernels), (kernel, site)
+    # run per shard: a chip's kernels see one of the 4 rows (its frames, padded to 128 slots)
+    v, t = w.model.vision, w.model.text
+    assert report.kernels[
+        f"splash_mha_fwd_segmented_residuals vit [{w.frames},{v.num_attention_heads},128,{v.head_dim}]"
+    ]
+    assert (
+        report.kernels[f"splash_mha_fwd_segmented_residuals llm [{t.num_attention_heads},{w.llm_tokens},{t.head_dim}]"]
+        == 2
+    )
+    assert not aot.failures([report])
+
+
+def test_splash_kernel_flops_follow_the_blocks_the_mask_computes():
+    """XLA prices a Mosaic kernel at ~0 FLOPs; the tool counts the causal mask's computed blocks."""
+    devices = aot.topology_devices("v5e:2x2")
+    sharding = jax.sharding.SingleDeviceSharding(devices[0])
+    b, t, h, d = 2, 512, 4, 128
+    q = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16, sharding=sharding)
+    segments = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=sharding)
+
+    def attention(q, segment_ids):
+        mask = SegmentMask.self_attention(segment_ids, causal=True)
+        return attend_segments(q, q, q, mask, impl="splash")
+
+    compiled = jax.jit(attention).lower(q, segments).compile()
+    calls = aot.mosaic_calls(compiled.as_text())
+    assert [c.kernel for c in calls] == ["splash_mha_fwd_segmented_residuals"]
+    blocks = 4 * 5 // 2  # 4 query blocks of 128, causal: the lower triangle of blocks
+    cost = aot.program_cost(compiled, get_config("tiny"), peak_flops=1e15)
+    assert cost.kernel_flops == b * h * blocks * 128 * 128 * d * 2 * 2
+    assert cost.kernel_seconds == cost.kernel_flops / 1e15
+
+
+def test_bad_topologies_and_meshes_name_the_fix():
+    with pytest.raises(aot.AOTError, match="v5p:2x2x2"):
+        aot.topology_devices("v5p-16")  # the accelerator-type name, not a topology
+    with pytest.raises(aot.AOTError, match="libtpu rejected"):
+        aot.topology_devices("v5p:3x3x3")  # not a multiple of a host's 2x2x1 chips
+    config = synthetic_config()
+    config.train.mesh.fsdp = 3
+    with pytest.raises(aot.AOTError, match="product is 4"):
+        aot.run(config, "v5e:2x2")
+
+
+def test_a_program_over_hbm_is_a_failure_that_says_what_to_change():
+    report = aot.Report("train", "stts", 0.5, 640, hbm_bytes=16 * aot.GIB, temp_bytes=20 * aot.GIB)
+    report.kernels = {"splash_mha_fwd_segmented_residuals llm [4,640,64]": 1}
+    (problem,) = aot.failures([report])
+    assert "20.00 GiB per chip" in problem and "accumulate_steps" in problem
+
+
+def test_cli_exits_nonzero_with_the_reason():
+    result = subprocess.run(
+        [sys.executable, "-m", "stts_jax.aot", "--config=configs/synthetic.py:variant=tiny", "--topology=v5p-16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "error: --topology='v5p-16' is not a TPU slice" in result.stderr
+
+
+@pytest.mark.slow
+def test_extrapolated_cost_equals_the_fully_unrolled_program():
+    """Costs from three small unrolled compiles, extrapolated in depth, equal those of every layer
+    unrolled (v5p: its SparseCore hand-offs carry XLA's -1 s sentinel, which is removed)."""
+    config = synthetic_config()
+    config.train.mesh.fsdp = 4
+    devices = aot.topology_devices("v5p:2x2x1")
+    mesh = aot.slice_mesh(aot.MeshConfig(**config.train.mesh), devices, 1)
+    w, chip = aot.workload(config, hosts=1), aot.chip_spec(devices[0])
+    build = aot.train_build(w, mesh, w.rows, accumulate=1)
+    direct = aot.program_cost(build(w.model.replace(scan_layers=False)), w.model, chip[1])
+    extrapolated = aot.extrapolated_cost(build, w.model, chip[1])
+    assert extrapolated.kernel_flops == direct.kernel_flops
+    assert extrapolated.xla_flops == pytest.approx(direct.xla_flops, rel=1e-3)
+    assert extrapolated.xla_seconds == pytest.approx(direct.xla_seconds, rel=0.02)
+    assert direct.xla_seconds > 0
+
+
+@pytest.mark.parametrize("name, hosts", [("molmo2_4b_v5p", 2), ("molmo2_4b_v6e", 4)])
+def test_slice_configs_follow_the_paper_recipe(name, hosts):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    w = aot.workload(module.get_config(""), hosts)
+    assert (w.rows, w.frames, w.videos_per_row, w.llm_tokens) == (64, 128, 2, 9686)  # STTS.md section 8
+    assert w.input_tokens == 9686 + 64 * 81  # k = 0.5 prunes floor(81 * 0.5 * 128) windows per row
+    assert w.model.attention_impl == "splash" and w.model.dtype == "bfloat16"
