@@ -8,9 +8,9 @@ Slice: topology v5p:2x2x2 (v5p-16: 8 chips with 95 GiB HBM each, 2 hosts of 4 ch
 Why: parameters, gradients and the two AdamW moments of the ~4.8 B parameters take ~77 GB in fp32;
 fully sharded (fsdp=8) that is ~10 GB per chip, and fsdp needs no tensor-parallel collectives inside
 the attention kernels. The activations dominate: 8 rows per chip of 14,870 LLM tokens and 93,312
-ViT patches each; `remat_policy=full` keeps only each block's input for the backward pass, and two
-micro-batches (`accumulate_steps=2`, 4 rows per chip at a time) keep the step inside HBM with a
-margin (see `python -m stts_jax.aot` below and notes_aot_table.md for the measured figures).
+ViT patches each; `remat_policy=full` keeps only each block's input for the backward pass, and four
+micro-batches (`accumulate_steps=4`, 2 rows per chip at a time) keep the step inside HBM with a
+margin; two micro-batches do not fit (measured figures: BENCHMARKS.md, "TPU ahead of time").
 
 Check on any host (compiles for the slice; exits 1 if it does not fit):
   python -m stts_jax.aot --config=configs/molmo2_4b_v5p.py --topology=v5p:2x2x2
@@ -22,47 +22,12 @@ Train (every host runs it):
       --config.train.init_from=/ckpt/Molmo2-4B --workdir=gs://bucket/runs/nextqa_k05
 
 Arguments: method, prune_ratio, frames (per video), videos_per_row, batch (global rows), seq (LLM
-tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed.
+tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed
+(`stts_jax.configs.molmo2_4b_recipe`).
 """
 
-import ml_collections
-
-from stts_jax.configs import parse_arg, train_section
+from stts_jax.configs import molmo2_4b_recipe
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, method="stts", prune_ratio=0.5, frames=64, videos_per_row=2, batch=64, seq=9686, hosts=2, seed=0)
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(
-        {
-            "variant": "molmo2-4b",
-            "dtype": "bfloat16",
-            "param_dtype": "float32",
-            "attention_impl": "splash",
-            "scan_layers": True,
-            "remat_policy": "full",
-        }
-    )
-    config.stts = ml_collections.ConfigDict(
-        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": a.videos_per_row}
-    )
-    config.data = ml_collections.ConfigDict(
-        {
-            "dataset": "manifest_video_qa",
-            "data_dir": "/tmp/stts_jax_data",
-            "name": "default",
-            "train_manifest": "",  # required: --config.data.train_manifest=PATH
-            "eval_manifest": "",
-            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
-            "video_frames": a.frames,
-            "batch_size": a.batch // a.hosts,  # rows per host
-            "max_frames": a.videos_per_row * a.frames,
-            "llm_seq_len": a.seq,
-            "max_videos_per_row": a.videos_per_row,
-            "packing_bins": 8,
-            "seed": a.seed,
-            "strict": False,
-        }
-    )
-    config.train = train_section(steps=6250, seed=a.seed, accumulate_steps=4, mesh={"data": 1, "fsdp": 8, "tensor": 1})
-    return config
+def get_config(arg: str | None = None):
+    return molmo2_4b_recipe(arg, hosts=2, accumulate_steps=4, mesh={"data": 1, "fsdp": 8, "tensor": 1})

@@ -10,7 +10,7 @@ Why: the logits of one row (9686 tokens x 152k vocabulary, with their fp32 softm
 alone exceed a v6e chip's 32 GiB; tensor=4 splits the vocabulary (and heads, MLP) over 4 chips, and
 fsdp=4 shards the ~77 GB of fp32 parameters, gradients and AdamW moments 16 ways (~5 GB per chip).
 `remat_policy=full` keeps only each block's input for the backward pass (measured figures:
-notes_aot_table.md).
+BENCHMARKS.md, "TPU ahead of time").
 
 Check on any host (compiles for the slice; exits 1 if it does not fit):
   python -m stts_jax.aot --config=configs/molmo2_4b_v6e.py --topology=v6e:4x4
@@ -20,47 +20,12 @@ Train (every host runs it):
       --config.train.init_from=/ckpt/Molmo2-4B --workdir=gs://bucket/runs/nextqa_k05
 
 Arguments: method, prune_ratio, frames (per video), videos_per_row, batch (global rows), seq (LLM
-tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed.
+tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed
+(`stts_jax.configs.molmo2_4b_recipe`).
 """
 
-import ml_collections
-
-from stts_jax.configs import parse_arg, train_section
+from stts_jax.configs import molmo2_4b_recipe
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, method="stts", prune_ratio=0.5, frames=64, videos_per_row=2, batch=64, seq=9686, hosts=4, seed=0)
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(
-        {
-            "variant": "molmo2-4b",
-            "dtype": "bfloat16",
-            "param_dtype": "float32",
-            "attention_impl": "splash",
-            "scan_layers": True,
-            "remat_policy": "full",
-        }
-    )
-    config.stts = ml_collections.ConfigDict(
-        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": a.videos_per_row}
-    )
-    config.data = ml_collections.ConfigDict(
-        {
-            "dataset": "manifest_video_qa",
-            "data_dir": "/tmp/stts_jax_data",
-            "name": "default",
-            "train_manifest": "",  # required: --config.data.train_manifest=PATH
-            "eval_manifest": "",
-            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
-            "video_frames": a.frames,
-            "batch_size": a.batch // a.hosts,  # rows per host
-            "max_frames": a.videos_per_row * a.frames,
-            "llm_seq_len": a.seq,
-            "max_videos_per_row": a.videos_per_row,
-            "packing_bins": 8,
-            "seed": a.seed,
-            "strict": False,
-        }
-    )
-    config.train = train_section(steps=6250, seed=a.seed, accumulate_steps=16, mesh={"data": 1, "fsdp": 4, "tensor": 4})
-    return config
+def get_config(arg: str | None = None):
+    return molmo2_4b_recipe(arg, hosts=4, accumulate_steps=16, mesh={"data": 1, "fsdp": 4, "tensor": 4})

@@ -5,7 +5,9 @@ For the training entry point (issue #5), e.g.:
   python -m stts_jax.train --config=configs/synthetic.py:method=random --config.data.batch_size=4 --workdir=/tmp/r
 
 Arguments: variant (tiny | molmo2-4b | molmo2-8b), method (none | random | heuristic | stts |
-stts_no_aux | fewer_frames), prune_ratio, frames (per video), seed.
+stts_no_aux | fewer_frames), prune_ratio, frames (per video), seed, families (question families,
+joined by "+", default all six of stts_jax.data.synthetic.FAMILIES), distractors (most still objects
+besides the ones asked about), answer_format (letter | option).
 """
 
 import ml_collections
@@ -14,7 +16,17 @@ from stts_jax.configs import parse_arg, train_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, variant="tiny", method="stts", prune_ratio=0.5, frames=16, seed=0)
+    a = parse_arg(
+        arg,
+        variant="tiny",
+        method="stts",
+        prune_ratio=0.5,
+        frames=16,
+        seed=0,
+        families="",
+        distractors=2,
+        answer_format="letter",
+    )
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "float32", "param_dtype": "float32"})
     config.stts = ml_collections.ConfigDict(
@@ -40,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "packing_bins": 4,
             "seed": a.seed,
             "strict": False,
-            "answer_format": "letter",
+            "answer_format": a.answer_format,
+            "families": a.families.replace("+", ","),  # comma-separated; empty: the default six
+            "max_distractors": a.distractors,
         }
     )
     config.train = train_section(

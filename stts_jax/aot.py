@@ -27,6 +27,7 @@ How the figures are made (XLA's cost analysis has two blind spots, both handled 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -267,6 +268,7 @@ class Report:
     kernels: dict = dataclasses.field(default_factory=dict)  # str(MosaicCall) -> calls in the program
     compile_seconds: float = 0.0
     error: str = ""  # why it did not compile (e.g. the compiler's out-of-memory message)
+    memory_measured: bool = True  # False: only the cost compiles ran (--nobaseline_memory for k = 0)
 
     @property
     def resident_bytes(self) -> int:
@@ -278,7 +280,7 @@ class Report:
 
     @property
     def fits(self) -> bool:
-        return not self.error and self.used_bytes <= self.hbm_bytes
+        return not self.error and self.memory_measured and self.used_bytes <= self.hbm_bytes
 
     @property
     def step_seconds(self) -> float:
@@ -297,6 +299,8 @@ def _compile(fn, mesh: Mesh, *args):
     start = time.perf_counter()
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         compiled = fn.lower(*args).compile()
+    jax.clear_caches()  # a trace of this size, kept for every compile, would exhaust the host's memory
+    gc.collect()
     log.info("compiled %s in %.0f s", getattr(fn, "__name__", "program"), time.perf_counter() - start)
     return compiled
 
@@ -309,14 +313,22 @@ def measure(
     cost: str,
     cost_build: Callable[[Molmo2Config], object] | None = None,
     repeat: int = 1,
+    memory: bool = True,
 ) -> Report:
-    """Fill `report` from `build(model) -> compiled`: memory and kernels of the program as configured;
-    FLOPs and time as `cost` says, from `cost_build` (default `build`) times `repeat`."""
+    """Fill `report` from `build(model) -> compiled`: memory and kernels of the program as configured
+    (unless `memory` is False); FLOPs and time as `cost` says, from `cost_build` (default `build`) times
+    `repeat`."""
     start = time.perf_counter()
-    log.info(
-        "%s step, %s k=%s: compiling as configured, then for its cost (%s)", *dataclasses.astuple(report)[:3], cost
-    )
+    log.info("%s step, %s k=%s: compiling (memory: %s, cost: %s)", *dataclasses.astuple(report)[:3], memory, cost)
     try:
+        if not memory:
+            report.memory_measured = False
+            build_cost = cost_build or build
+            if cost == "scan":
+                found = program_cost(build_cost(model), model, chip[1])
+            else:
+                found = extrapolated_cost(build_cost, model, chip[1])
+            return _fill_cost(report, found * repeat, cost, start)
         compiled = build(model)
         memory = compiled.memory_analysis()
         report.argument_bytes = memory.argument_size_in_bytes
@@ -325,18 +337,25 @@ def measure(
         report.temp_bytes = memory.temp_size_in_bytes
         report.peak_bytes = getattr(memory, "peak_memory_in_bytes", 0)
         report.kernels = {str(call): n for call, n in sorted(mosaic_calls(compiled.as_text()).items(), key=str)}
-        if cost == "scan":
-            found = program_cost(compiled if cost_build is None else cost_build(model), model, chip[1]) * repeat
-        else:
-            found = extrapolated_cost(cost_build or build, model, chip[1]) * repeat
-        report.flops, report.kernel_flops = found.flops, found.kernel_flops
-        report.xla_seconds, report.kernel_seconds = found.xla_seconds, found.kernel_seconds
-        report.cost_source = cost
+        found = program_cost(compiled, model, chip[1]) if cost == "scan" and cost_build is None else None
+        del compiled  # before the next compile: host memory
+        if found is None and cost == "scan":
+            found = program_cost(cost_build(model), model, chip[1])
+        elif found is None:
+            found = extrapolated_cost(cost_build or build, model, chip[1])
+        return _fill_cost(report, found * repeat, cost, start)
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # out of HBM (the TPU compiler), or unshardable
         report.error = " ".join(str(e).split())[:400]
-    finally:
-        jax.clear_caches()  # the traces of a program this size would otherwise pile up in host memory
+        report.compile_seconds = time.perf_counter() - start
+        return report
+
+
+def _fill_cost(report: Report, found: Cost, cost: str, start: float) -> Report:
+    report.flops, report.kernel_flops = found.flops, found.kernel_flops
+    report.xla_seconds, report.kernel_seconds = found.xla_seconds, found.kernel_seconds
+    report.cost_source = cost
     report.compile_seconds = time.perf_counter() - start
+    log.info("%s", report)
     return report
 
 
@@ -414,7 +433,7 @@ def train_build(w: Workload, mesh: Mesh, rows: int, accumulate: int) -> Callable
     return build
 
 
-def train_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str) -> Report:
+def train_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str, memory: bool = True) -> Report:
     """`sharded_train_step` for `w` on `mesh`. Its accumulated micro-batches run in a loop, which XLA
     also counts once: the cost compiles take one micro-batch per step and are scaled by their number
     (so the optimizer update, a few milliseconds, is counted that many times)."""
@@ -423,12 +442,12 @@ def train_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str) 
     build = train_build(w, mesh, w.rows, w.accumulate)
     report = Report("train", w.model.stts.method, w.prune_ratio, w.llm_tokens, chip[0])
     if w.accumulate == 1:
-        return measure(report, build, w.model, chip, cost)
+        return measure(report, build, w.model, chip, cost, memory=memory)
     micro_batch = train_build(w, mesh, w.rows // w.accumulate, 1)
-    return measure(report, build, w.model, chip, cost, cost_build=micro_batch, repeat=w.accumulate)
+    return measure(report, build, w.model, chip, cost, cost_build=micro_batch, repeat=w.accumulate, memory=memory)
 
 
-def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str) -> Report:
+def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str, memory: bool = True) -> Report:
     """The forward over the whole prompt into a KV cache, and the logits of each row's last token."""
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
@@ -451,7 +470,7 @@ def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str
         return _compile(fn, mesh, _abstract(params, shardings), _abstract(batch, rows))
 
     report = Report("prefill", w.model.stts.method, w.prune_ratio, w.llm_tokens, chip[0])
-    return measure(report, build, w.model, chip, cost)
+    return measure(report, build, w.model, chip, cost, memory=memory)
 
 
 PROGRAMS = {"train": train_report, "prefill": prefill_report}
@@ -464,8 +483,10 @@ def run(
     cost: str = "extrapolate",
     baseline: bool = True,
     programs: tuple[str, ...] = ("train", "prefill"),
+    baseline_memory: bool = True,
 ) -> tuple[dict, list[Report]]:
-    """Compiles the config's programs (and k = 0's) for the slice -> (setup, reports)."""
+    """Compiles the config's programs (and k = 0's) for the slice -> (setup, reports); with
+    `baseline_memory` False, k = 0 gets its cost only (saves one full compile per program)."""
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise AOTError(f"--programs {unknown}: choose from {sorted(PROGRAMS)}.")
@@ -496,7 +517,9 @@ def run(
         "dtype": w.model.dtype,
     }
     workloads = [w] + ([w.baseline()] if baseline and w.model.stts.prunes else [])
-    return setup, [PROGRAMS[p](x, mesh, chip, cost) for p in programs for x in workloads]
+    return setup, [
+        PROGRAMS[p](x, mesh, chip, cost, memory=x is w or baseline_memory) for p in programs for x in workloads
+    ]
 
 
 # -- Output ----------------------------------------------------------------------------------------------
@@ -526,6 +549,13 @@ def format_reports(setup: dict, reports: list[Report]) -> str:
         head = f"{r.program:<8} {r.method:<6} {r.prune_ratio:>4} {r.llm_tokens:>7}"
         if r.error:
             lines.append(f"{head}  did not compile: {r.error}")
+            continue
+        if not r.memory_measured:
+            lines.append(
+                f"{head} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {_gib(r.hbm_bytes):>5} {'-':>7} {r.flops / 1e12:>8.1f} "
+                f"{r.kernel_flops / r.flops:>6.1%} {r.xla_seconds:>7.3f} {r.kernel_seconds:>7.3f} "
+                f"{r.step_seconds:>7.3f} {r.compile_seconds:>6.0f}s  (cost only)"
+            )
             continue
         lines.append(
             f"{head} {_gib(r.argument_bytes):>6} {_gib(r.output_bytes):>6} {_gib(r.temp_bytes):>6} "
@@ -592,7 +622,9 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_platforms", "cpu")
     logging.getLogger("stts_jax").setLevel(logging.INFO)  # progress: each compile takes minutes
     try:
-        setup, reports = run(f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs))
+        setup, reports = run(
+            f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs), f.baseline_memory
+        )
     except AOTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -621,6 +653,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum("cost", "extrapolate", ["extrapolate", "scan"], "FLOPs/time: every layer counted, or as scanned")
     flags.DEFINE_bool("baseline", True, "also compile k = 0 (stts.method=none) on the same batches")
     flags.DEFINE_list("programs", ["train", "prefill"], "which steps to compile: train, prefill")
+    flags.DEFINE_bool("baseline_memory", True, "k = 0: also its memory (one more full compile), not only its cost")
     flags.mark_flags_as_required(["config", "topology"])
 
 

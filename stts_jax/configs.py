@@ -69,6 +69,51 @@ def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.Confi
     return train
 
 
+def molmo2_4b_recipe(arg: str | None, hosts: int, accumulate_steps: int, mesh: dict) -> ml_collections.ConfigDict:
+    """Molmo2-4B + STTS fine-tuning at the paper's recipe (STTS.md section 8) on a manifest dataset:
+    the shared body of configs/molmo2_4b_*.py, which choose the slice's hosts, mesh and micro-batches.
+
+    Arguments (in `arg`): method, prune_ratio, frames (per video), videos_per_row, batch (global rows),
+    seq (LLM tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed."""
+    a = parse_arg(
+        arg, method="stts", prune_ratio=0.5, frames=64, videos_per_row=2, batch=64, seq=9686, hosts=hosts, seed=0
+    )
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(
+        {
+            "variant": "molmo2-4b",
+            "dtype": "bfloat16",
+            "param_dtype": "float32",
+            "attention_impl": "splash",
+            "scan_layers": True,
+            "remat_policy": "full",
+        }
+    )
+    config.stts = ml_collections.ConfigDict(
+        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": a.videos_per_row}
+    )
+    config.data = ml_collections.ConfigDict(
+        {
+            "dataset": "manifest_video_qa",
+            "data_dir": "/tmp/stts_jax_data",
+            "name": "default",
+            "train_manifest": "",  # required: --config.data.train_manifest=PATH
+            "eval_manifest": "",
+            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
+            "video_frames": a.frames,
+            "batch_size": a.batch // a.hosts,  # rows per host
+            "max_frames": a.videos_per_row * a.frames,
+            "llm_seq_len": a.seq,
+            "max_videos_per_row": a.videos_per_row,
+            "packing_bins": 8,
+            "seed": a.seed,
+            "strict": False,
+        }
+    )
+    config.train = train_section(steps=6250, seed=a.seed, accumulate_steps=accumulate_steps, mesh=mesh)
+    return config
+
+
 def _fields(cls, section: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(section.keys()) - known)

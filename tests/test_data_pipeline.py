@@ -19,7 +19,7 @@ from stts_jax.data.builders import (
     build_synthetic,
 )
 from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch, windows_per_frame
-from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
+from stts_jax.data.synthetic import COLORS, FAMILIES, QUESTION_WORDS, SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
 from stts_jax.models import get_config
 from stts_jax.stts import budget
@@ -49,6 +49,23 @@ def test_synthetic_builder_writes_array_record_read_without_tensorflow(synthetic
     test = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="test")
     assert not train_ids & {test[i]["id"] for i in range(len(test))}  # disjoint seeds
     assert not any(f.endswith(".tfrecord") for _, _, files in os.walk(data_dir) for f in files)
+
+
+def test_needle_color_family_shows_one_object_in_needle_frames_only():
+    cfg = SyntheticConfig(frames=6, size=48, families=("needle_color",), max_distractors=0, needle_frames=2)
+    for index in range(8):
+        ex = generate_example(3, index, cfg)
+        shown = [t for t in range(6) if ex["masks"][t].any()]
+        assert len(shown) == 2 and shown[1] == shown[0] + 1 and shown[0] >= 1, shown
+        color = ex["options"][ex["answer"]]
+        assert ex["family"] == "needle_color" and len(set(ex["options"])) == 4
+        pixels = ex["video"][shown[0]][ex["masks"][shown[0]] > 0]
+        assert (pixels == np.array(COLORS[color], np.uint8)).all()
+    with pytest.raises(ValueError, match="families"):
+        SyntheticConfig(families=("needle", "no_such_family"))
+    # the default mix and its token ids are unchanged by the extra family and words
+    assert SyntheticConfig().families == FAMILIES
+    assert SyntheticConfig().vocabulary()[: len(QUESTION_WORDS)] == list(QUESTION_WORDS)
 
 
 def _pipeline(synthetic, **changes):

@@ -25,11 +25,18 @@ SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 PLACES = ("top left", "top right", "bottom left", "bottom right")
 FAMILIES = ("moving_color", "direction", "needle", "count", "static_place", "first_appearance")
+# Not in the default mix (which stays as it was): the color of the one object that appears for
+# `needle_frames` frames only. With max_distractors = 0 the question needs no relation between objects
+# or frames, only the frames that hold the needle: learnable by a small model from scratch, and what
+# token pruning can lose.
+EXTRA_FAMILIES = ("needle_color",)
+ALL_FAMILIES = FAMILIES + EXTRA_FAMILIES
 QUESTION_WORDS = (
     "what color is the moving object which direction does the move which object appeared only briefly "
     "how many objects are in video where is which appeared first answer with option s letter from given "
     "choices directly user assistant a b c d one two three four five"
 ).split()
+EXTRA_WORDS = ("was", "that")  # after every other word: the token ids of the default set stay as they were
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +48,21 @@ class SyntheticConfig:
     max_distractors: int = 2  # still objects besides the ones the question is about
     needle_frames: int = 1  # how long a needle is on screen
     background_contrast: float = 40.0  # texture amplitude (grey levels)
+    families: tuple[str, ...] = FAMILIES  # example i asks a question of family families[i % len(families)]
+
+    def __post_init__(self):
+        unknown = [f for f in self.families if f not in ALL_FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"synthetic families {list(self.families)}: each must be one of {list(ALL_FAMILIES)}")
+        if self.max_distractors < 0 or self.needle_frames < 1:
+            raise ValueError(
+                f"synthetic max_distractors {self.max_distractors} must be >= 0, "
+                f"needle_frames {self.needle_frames} >= 1"
+            )
 
     def vocabulary(self) -> list[str]:
         words = list(QUESTION_WORDS) + list(COLORS) + list(SHAPES) + list(DIRECTIONS)
-        return words + [w for place in PLACES for w in place.split()]
+        return words + [w for place in PLACES for w in place.split()] + list(EXTRA_WORDS)
 
 
 @dataclasses.dataclass
@@ -153,7 +171,7 @@ def _options(rng: np.random.Generator, correct: str, pool: list[str]) -> tuple[l
 def generate_example(seed: int, index: int, cfg: SyntheticConfig) -> dict:
     """One example: video [T, H, W, 3] uint8, masks [T, H, W] uint8, question, options, answer, family."""
     rng = np.random.default_rng([seed, index])
-    family = FAMILIES[index % len(FAMILIES)]
+    family = cfg.families[index % len(cfg.families)]
     scene = _Scene(rng, cfg)
     t_last, size, s = cfg.frames - 1, cfg.size, cfg.object_size
     speed = (size - s) / max(t_last, 1) * 0.8  # crosses most of the frame over the video
@@ -186,6 +204,13 @@ def generate_example(seed: int, index: int, cfg: SyntheticConfig) -> dict:
         question = "Which object appeared only briefly?"
         pool = [o.name for o in still] + [f"{c} {sh}" for c in COLORS for sh in SHAPES]
         options, answer = _options(rng, needle.name, pool)
+    elif family == "needle_color":
+        still = scene.still(rng.integers(0, cfg.max_distractors + 1))
+        color, shape = scene.new_identity(avoid_colors={o.color for o in still})
+        first = int(rng.integers(1, cfg.frames - cfg.needle_frames + 1))
+        scene.add(_Object(color, shape, *scene.free_spot(), first=first, last=first + cfg.needle_frames - 1))
+        question = "What color was the object that appeared briefly?"
+        options, answer = _options(rng, color, list(COLORS))
     elif family == "count":
         count = int(rng.integers(1, 5))
         scene.still(count)

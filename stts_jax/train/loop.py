@@ -27,7 +27,7 @@ from stts_jax.configs import model_config, pipeline_config
 from stts_jax.convert.hf import CheckpointError, load_molmo2
 from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import make_dataset, to_model_batch
-from stts_jax.data.synthetic import SyntheticConfig
+from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
 from stts_jax.data.tokenizer import load_tokenizer, synthetic_tokenizer
 from stts_jax.train import checkpoint
 from stts_jax.train.metrics import MetricsWriter
@@ -57,11 +57,18 @@ def source(config: ml_collections.ConfigDict, split: str):
     data = config.data
     if data.dataset == "synthetic_video_qa":
         fps = data.get("fps", 2.0)  # raised with the frame count for test-time scaling: same clip, denser
-        synthetic = SyntheticConfig(frames=data.frames, fps=fps)
+        families = tuple(f for f in data.get("families", "").split(",") if f) or FAMILIES
+        distractors = data.get("max_distractors", SyntheticConfig.max_distractors)
+        try:
+            synthetic = SyntheticConfig(frames=data.frames, fps=fps, families=families, max_distractors=distractors)
+        except ValueError as e:
+            raise TrainingError(f"{e} (config.data.families is comma-separated; config.data.max_distractors)") from e
         counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
         counts = tuple((k, n) for k, n in counts if n > 0)
         # the name holds everything that changes the stored examples, so a data_dir never serves stale ones
         name = f"f{data.frames}_fps{fps:g}_".replace(".", "p") + "_".join(f"{k}{n}" for k, n in counts)
+        name += "" if families == FAMILIES else "_" + "-".join(families)
+        name += "" if distractors == SyntheticConfig.max_distractors else f"_distractors{distractors}"
         builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
         _prepare_once(lambda: build_synthetic(data.data_dir, builder))
         tokenizer = synthetic_tokenizer(synthetic.vocabulary())
