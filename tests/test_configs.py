@@ -40,6 +40,11 @@ def test_replication_sweep_is_valid_and_complete(monkeypatch):
         run_name(r) for r in sweep["runs"]
     }
     assert {c.stts.method for _, c in planned} == {"none", "stts", "random", "heuristic", "stts_no_aux", "fewer_frames"}
+    _, config = planned[0]
+    assert config.data.families == "moving_color,needle_color" and config.data.max_distractors == 0
+    assert config.data.answer_format == "option"
+    one_seed = load_sweep(str(CONFIGS / "replication.py"), "seeds=1")
+    assert [n for n, _ in plan(one_seed["config"], one_seed["runs"], one_seed["fixed"])] == [n for n, _ in planned[:12]]
 
 
 def test_bad_values_name_the_field():
