@@ -52,6 +52,8 @@ def test_scoring_modes_agree_and_families_add_up(run):
         assert results["accuracy"]["generate"] == results["accuracy"]["likelihood"]
     assert results["vision_tokens_per_example"] == 18  # 4 frames x 9 windows, half pruned
     assert 0 < results["kept_object_share"] <= 1
+    by_family = sum(f["kept_object_share"] * f["count"] for f in results["families"].values())
+    assert by_family == pytest.approx(results["kept_object_share"] * 24)
 
 
 def test_option_answers_are_scored_by_their_words(run):

@@ -165,7 +165,7 @@ def evaluate(
     Returns {"examples", "accuracy": {mode: overall}, "families": {family: {"count", mode: acc}},
     "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}, and where the
     source has object masks and the model prunes, "kept_object_share": the share of object windows
-    (frames after the first) that the pruning keeps."""
+    (frames after the first) that the pruning keeps, overall, per family and per example."""
     examples = _examples(source, cfg, tokenizer, limit, answer_format)
     end = token_id(tokenizer, "<|im_end|>")
     num_options = max(len(e.options) for e in examples)
@@ -190,11 +190,13 @@ def evaluate(
                 candidates[i, k, : len(option)] = option
         tokens, scores = generate_and_score(run_cfg, params, batch, jnp.asarray(candidates), answer_len + 1)
         tokens, scores = np.asarray(tokens), np.asarray(scores)
+        row_shares = [None] * len(rows)
         if cfg.stts.prunes and rows[0].objects is not None:
             keep = np.asarray(_keep(run_cfg, params, batch))
             for i, row in enumerate(rows):  # frame 0 is never pruned: count frames 1.. only
                 objects = row.objects[1:]
-                shares.append(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
+                row_shares[i] = float(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
+            shares += row_shares
         for i, row in enumerate(rows):
             answer = tokens[i].tolist()
             answer = answer[: answer.index(end)] if end in answer else answer
@@ -208,6 +210,7 @@ def evaluate(
                     "generate": generated,
                     "likelihood": chosen,
                 }
+                | ({} if row_shares[i] is None else {"kept_object_share": row_shares[i]})
             )
     families: dict[str, dict] = defaultdict(lambda: {"count": 0, **{m: 0 for m in SCORING}})
     for p in predictions:
@@ -215,9 +218,12 @@ def evaluate(
         family["count"] += 1
         for mode in SCORING:
             family[mode] += int(p[mode] == p["answer"])
-    for family in families.values():
+    for name, family in families.items():
         for mode in SCORING:
             family[mode] /= family["count"]
+        kept = [p["kept_object_share"] for p in predictions if p["family"] == name and "kept_object_share" in p]
+        if kept:
+            family["kept_object_share"] = float(np.mean(kept))
     correct = {m: sum(p[m] == p["answer"] for p in predictions) for m in SCORING}
     return {
         "examples": len(predictions),

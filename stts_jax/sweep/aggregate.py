@@ -43,6 +43,7 @@ def collect(root: str) -> list[dict]:
             "forward_flops": result["forward_flops"],
             "step_seconds": median_step_seconds(run_dir),
             **{f"family/{k}": v["generate"] for k, v in result["families"].items()},
+            **{f"kept/{k}": v["kept_object_share"] for k, v in result["families"].items() if "kept_object_share" in v},
         }
         row.update({k: result[k] for k in ("kept_object_share",) if k in result})
         rows.append(row)
@@ -71,15 +72,17 @@ def summarize(rows: list[dict]) -> list[dict]:
 def markdown(summary: list[dict]) -> str:
     families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
     has_share = any("kept_object_share" in s for s in summary)
+    kept = sorted({k for s in summary for k in s if k.startswith("kept/") and not k.endswith("_std")})
     header = ["method", "k", "layer", "frames", "seeds", *[f.split("/")[1] for f in families], "overall"]
-    header += ["object windows kept"] * has_share + ["vision tokens", "GFLOPs/example", "step time"]
+    header += ["object windows kept"] * has_share + [f"kept: {k.split('/')[1]}" for k in kept]
+    header += ["vision tokens", "GFLOPs/example", "step time"]
     pm = lambda s, k, scale=100: f"{scale * s[k]:.1f} ± {scale * s[k + '_std']:.1f}" if k in s else "-"
     none_step = next((s["step_seconds"] for s in summary if s["method"] == "none"), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         cells = [s["method"], f"{s['prune_ratio']:g}", str(s["layer"]), str(s["frames"]), str(s["seeds"])]
         cells += [pm(s, f) for f in families] + [pm(s, "accuracy")]
-        cells += [pm(s, "kept_object_share")] * has_share
+        cells += [pm(s, "kept_object_share")] * has_share + [pm(s, k) for k in kept]
         cells += [f"{s['vision_tokens']:.0f}", f"{s['forward_flops'] / 1e9:.3f}"]
         cells.append(f"{s['step_seconds'] / none_step:.2f}x" if none_step else f"{s['step_seconds']:.3f} s")
         lines.append("| " + " | ".join(cells) + " |")
