@@ -484,9 +484,11 @@ def run(
     baseline: bool = True,
     programs: tuple[str, ...] = ("train", "prefill"),
     baseline_memory: bool = True,
+    memory: bool = True,
 ) -> tuple[dict, list[Report]]:
-    """Compiles the config's programs (and k = 0's) for the slice -> (setup, reports); with
-    `baseline_memory` False, k = 0 gets its cost only (saves one full compile per program)."""
+    """Compiles the config's programs (and k = 0's) for the slice -> (setup, reports); with `memory`
+    (`baseline_memory`) False, the configured program (k = 0) gets its cost only, which saves the
+    full compile of the program as configured."""
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise AOTError(f"--programs {unknown}: choose from {sorted(PROGRAMS)}.")
@@ -518,7 +520,9 @@ def run(
     }
     workloads = [w] + ([w.baseline()] if baseline and w.model.stts.prunes else [])
     return setup, [
-        PROGRAMS[p](x, mesh, chip, cost, memory=x is w or baseline_memory) for p in programs for x in workloads
+        PROGRAMS[p](x, mesh, chip, cost, memory=memory if x is w else baseline_memory)
+        for p in programs
+        for x in workloads
     ]
 
 
@@ -602,6 +606,8 @@ def failures(reports: list[Report]) -> list[str]:
     for r in own:
         if r.error:
             problems.append(f"{r.program} step did not compile: {r.error}")
+        elif not r.memory_measured:  # --nomemory: priced only, neither memory nor kernels were looked at
+            continue
         elif not r.fits:
             problems.append(
                 f"{r.program} step needs {_gib(r.used_bytes)} GiB per chip, more than the {_gib(r.hbm_bytes)} GiB "
@@ -623,7 +629,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("stts_jax").setLevel(logging.INFO)  # progress: each compile takes minutes
     try:
         setup, reports = run(
-            f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs), f.baseline_memory
+            f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs), f.baseline_memory, f.memory
         )
     except AOTError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -653,6 +659,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum("cost", "extrapolate", ["extrapolate", "scan"], "FLOPs/time: every layer counted, or as scanned")
     flags.DEFINE_bool("baseline", True, "also compile k = 0 (stts.method=none) on the same batches")
     flags.DEFINE_list("programs", ["train", "prefill"], "which steps to compile: train, prefill")
+    flags.DEFINE_bool("memory", True, "the configured program's memory (its full compile), not only its cost")
     flags.DEFINE_bool("baseline_memory", True, "k = 0: also its memory (one more full compile), not only its cost")
     flags.mark_flags_as_required(["config", "topology"])
 

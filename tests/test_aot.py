@@ -94,6 +94,18 @@ def test_bad_topologies_and_meshes_name_the_fix():
         aot.run(config, "v5e:2x2")
 
 
+def test_a_cost_only_report_prices_the_step_without_judging_its_memory():
+    w, mesh, chip = tiny_on_slice()
+    report = aot.train_report(w, mesh, chip, cost="scan", memory=False)
+    assert not report.error and not report.memory_measured and report.flops > 0
+    assert not report.fits and not aot.failures([report])  # nothing measured, nothing claimed
+    setup = {"topology": "v5e:2x2", "num_slices": 1, "chips": 4, "device_kind": "TPU v5 lite", "hosts": 1}
+    setup |= {"hbm_gib_per_chip": 16, "peak_bf16_tflops": 197, "mesh": dict(mesh.shape), "rows": w.rows}
+    setup |= {"frames_per_row": w.frames, "videos_per_row": 2, "input_tokens": 1, "llm_tokens": w.llm_tokens}
+    setup |= {"accumulate_steps": 1, "remat_policy": "none", "dtype": "float32"}
+    assert "(cost only)" in aot.format_reports(setup, [report])
+
+
 def test_a_program_over_hbm_is_a_failure_that_says_what_to_change():
     report = aot.Report("train", "stts", 0.5, 640, hbm_bytes=16 * aot.GIB, temp_bytes=20 * aot.GIB)
     report.kernels = {"splash_mha_fwd_segmented_residuals llm [4,640,64]": 1}
