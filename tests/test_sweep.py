@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from stts_jax.models.config import ConfigError
-from stts_jax.sweep import parse_grid, plan, pod_commands, run_name, run_sweep
+from stts_jax.sweep import SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep
 from stts_jax.sweep.aggregate import aggregate
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py") + ":variant=tiny,frames=4"
@@ -48,6 +48,18 @@ def test_pod_commands_train_on_every_host_then_evaluate():
         "stts_jax.evaluate",
         "--checkpoint=gs://bucket/sweep/method=stts,k=0.5",
     ]
+
+
+def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, monkeypatch):
+    import stts_jax.train.loop as loop
+
+    trained = []
+    monkeypatch.setattr(loop, "train", lambda config, workdir, progress: trained.append(workdir) or {"preempted": True})
+    runs = parse_grid("stts.method=none,random")
+    with pytest.raises(SweepPreempted, match="rerun the same command"):
+        run_sweep(CONFIG, runs, str(tmp_path), progress=False)
+    assert len(trained) == 1  # the second run never started
+    assert not any(f.startswith("eval_") for _, _, files in os.walk(tmp_path) for f in files)
 
 
 @pytest.mark.slow  # ~1 min; notebooks/ablation.ipynb (tests/test_notebooks.py) runs and aggregates a sweep by default

@@ -123,6 +123,10 @@ def pod_commands(
     return lines
 
 
+class SweepPreempted(RuntimeError):
+    """A run was stopped (SIGTERM) before its last step: nothing after it is trained or evaluated."""
+
+
 def run_sweep(
     config_arg: str,
     runs: Sequence[Mapping[str, Any]],
@@ -141,7 +145,8 @@ def run_sweep(
     for i, (name, config) in enumerate(runs_planned, start=1):
         workdir = os.path.join(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")
-        train(config, workdir, progress)
+        if train(config, workdir, progress).get("preempted"):
+            raise SweepPreempted(f"{name} stopped by SIGTERM with a checkpoint; rerun the same command to resume.")
         evaluations = [("eval_test.json", None)]
         if name in test_time_scaling:
             k = config.stts.prune_ratio if config.stts.method != "none" else 0.0

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from absl import logging as absl_logging
 
 from stts_jax.models.config import ConfigError
-from stts_jax.sweep import load_sweep, parse_grid, pod_commands, run_sweep
+from stts_jax.sweep import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "experiment config (configs/x.py:args) the grid varies")
@@ -37,9 +39,13 @@ def main(argv):
     if FLAGS.print_commands:
         print("\n".join(pod_commands(sweep["config"], sweep["runs"], FLAGS.root, sweep.get("fixed"))))
         return
-    names = run_sweep(
-        sweep["config"], sweep["runs"], FLAGS.root, sweep.get("test_time_scaling", ()), sweep.get("fixed")
-    )
+    try:
+        names = run_sweep(
+            sweep["config"], sweep["runs"], FLAGS.root, sweep.get("test_time_scaling", ()), sweep.get("fixed")
+        )
+    except SweepPreempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(143)  # like the train CLI: a scheduler restarts a job that exits non-zero
     print(
         f"{len(names)} runs done in {FLAGS.root}; tabulate with: python -m stts_jax.sweep.aggregate --root={FLAGS.root}"
     )
