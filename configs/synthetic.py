@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "prune_ratio": a.prune_ratio,
             "layer": 1 if a.variant == "tiny" else 3,
             "max_videos_per_row": 2,
+            "aux_stop_gradient": False,  # True: no gradient from the auxiliary target into the ViT
         }
     )
     config.data = ml_collections.ConfigDict(
