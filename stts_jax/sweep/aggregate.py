@@ -90,40 +90,42 @@ def markdown(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], root: str) -> list[str]:
+    """accuracy_vs_ratio.png (overall, then one panel per question family) and accuracy_vs_flops.png;
+    runs evaluated at another frame count (test-time scaling) are left out of the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    frames = min(s["frames"] for s in summary)
+    summary = [s for s in summary if s["frames"] == frames]
+    families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for s in summary:
+        by_method[s["method"]].append(s)
+    baseline = by_method.pop("none", [])
     paths = []
-    for x, xlabel, name in (
-        ("prune_ratio", "pruning ratio k", "accuracy_vs_ratio.png"),
-        ("forward_flops", "forward FLOPs per example", "accuracy_vs_flops.png"),
+    for x, xlabel, name, panels in (
+        ("prune_ratio", "pruning ratio k", "accuracy_vs_ratio.png", ["accuracy", *families]),
+        ("forward_flops", "forward FLOPs per example", "accuracy_vs_flops.png", ["accuracy"]),
     ):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        by_method: dict[str, list[dict]] = defaultdict(list)
-        for s in summary:
-            by_method[s["method"]].append(s)
-        baseline = by_method.pop("none", [])
-        for method, points in sorted(by_method.items()):
-            points = sorted(points + baseline, key=lambda p: p[x])  # every curve starts at no pruning
-            ax.errorbar(
-                [p[x] for p in points],
-                [100 * p["accuracy"] for p in points],
-                yerr=[100 * p["accuracy_std"] for p in points],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-        if not by_method and baseline:
-            ax.plot([p[x] for p in baseline], [100 * p["accuracy"] for p in baseline], "o", label="none")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, y in zip(axes[0], panels, strict=True):
+            for method, points in sorted(by_method.items()):
+                points = sorted(points + baseline, key=lambda p: p[x])  # every curve starts at no pruning
+                points = [p for p in points if y in p]
+                ys, errors = [100 * p[y] for p in points], [100 * p[y + "_std"] for p in points]
+                ax.errorbar([p[x] for p in points], ys, yerr=errors, marker="o", capsize=3, label=method)
+            if not by_method and baseline:
+                ax.plot([p[x] for p in baseline], [100 * p[y] for p in baseline], "o", label="none")
+            ax.set_title("overall" if y == "accuracy" else y.split("/")[1])
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend()
         fig.tight_layout()
         paths.append(os.path.join(root, name))
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
 
