@@ -31,7 +31,7 @@ def get_sweep(arg: str | None = None) -> dict:
     runs = [{"stts.method": "none"}]
     runs += [{"stts.method": m, "stts.prune_ratio": 0.5} for m in ("stts", "random", "heuristic", "stts_no_aux")]
     runs += [{"stts.method": "fewer_frames", "stts.prune_ratio": 0.5}]
-    runs += [{"stts.method": m, "stts.prune_ratio": k} for k in (0.9, 0.7, 0.3) for m in ("stts", "random")]
+    runs += [{"stts.method": m, "stts.prune_ratio": k} for k in (0.7, 0.3, 0.9) for m in ("stts", "random")]
     runs = [{**r, "train.seed": seed, "data.seed": seed} for seed in range(a.seeds) for r in runs]
     fixed = {
         "train.steps": a.steps,
