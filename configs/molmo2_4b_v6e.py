@@ -9,8 +9,11 @@ fsdp=4 x tensor=4, 16 micro-batches (one row per fsdp group at a time).
 Why: the logits of one row (9686 tokens x 152k vocabulary, with their fp32 softmax and gradient)
 alone exceed a v6e chip's 32 GiB; tensor=4 splits the vocabulary (and heads, MLP) over 4 chips, and
 fsdp=4 shards the ~77 GB of fp32 parameters, gradients and AdamW moments 16 ways (~5 GB per chip).
-`remat_policy=full` keeps only each block's input for the backward pass (measured figures:
-BENCHMARKS.md, "TPU ahead of time").
+`remat_policy=full` keeps only each block's input for the backward pass.
+MEASURED: THIS SLICE DOES NOT FIT YET. The TPU compiler needs 35.76 GiB of temporaries per chip for
+the train step against 31.25 GiB usable (BENCHMARKS.md, "TPU ahead of time"); one row per fsdp group
+is already the smallest micro-batch. Next to try: v6e:4x8 with tensor=8 (`:hosts=8
+--config.train.mesh.tensor=8 --topology=v6e:4x8`), which halves each chip's share of a row.
 
 Check on any host (compiles for the slice; exits 1 if it does not fit):
   python -m stts_jax.aot --config=configs/molmo2_4b_v6e.py --topology=v6e:4x4

@@ -9,7 +9,9 @@ and fewer frames at k = 0.5; STTS and random at k = 0.3, 0.7 and 0.9; the k = 0.
 evaluated again with test-time scaling (more frames, the unpruned model's vision-token count). Every
 run trains the same `tiny` model from scratch on the same synthetic set; nothing is tuned on the test
 split. The sweep resumes: rerunning skips finished training and evaluations, and `seeds=1` runs are the
-first seed of the full sweep (same names), so a one-seed pass can be completed later.
+first seed of the full sweep (same names), so a one-seed pass can be completed later. Time on the
+2-core VM: 300 steps at 1.1-2.1 s each with TPU compiles running beside them, ~8-11 min per run with
+its evaluation, so one seed (12 runs) takes ~1.5-2 h and three seeds ~5 h.
 
 The testbed (what changed from the default six-family mix, and why): with all six families a `tiny`
 model trained from scratch stays at chance within a 2-core budget, so pruning cannot matter. This
