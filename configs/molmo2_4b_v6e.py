@@ -22,9 +22,7 @@ Train (every host runs it):
       --config.data.train_manifest=gs://bucket/nextqa/train.jsonl --config.data.tokenizer=/ckpt/tokenizer.json \
       --config.train.init_from=/ckpt/Molmo2-4B --workdir=gs://bucket/runs/nextqa_k05
 
-Arguments: method, prune_ratio, frames (per video), videos_per_row, batch (global rows), seq (LLM
-tokens per row after pruning), hosts (of the slice: data.batch_size is per host), seed
-(`stts_jax.configs.molmo2_4b_recipe`).
+Arguments (`:frames=256,...`): those of `stts_jax.configs.molmo2_4b_recipe`.
 """
 
 from stts_jax.configs import molmo2_4b_recipe

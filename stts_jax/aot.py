@@ -320,40 +320,33 @@ def measure(
     `repeat`."""
     start = time.perf_counter()
     log.info("%s step, %s k=%s: compiling (memory: %s, cost: %s)", *dataclasses.astuple(report)[:3], memory, cost)
+    report.memory_measured = memory
+    found = None
     try:
-        if not memory:
-            report.memory_measured = False
+        if memory:
+            compiled = build(model)
+            analysis = compiled.memory_analysis()
+            report.argument_bytes = analysis.argument_size_in_bytes
+            report.output_bytes = analysis.output_size_in_bytes
+            report.alias_bytes = analysis.alias_size_in_bytes
+            report.temp_bytes = analysis.temp_size_in_bytes
+            report.peak_bytes = getattr(analysis, "peak_memory_in_bytes", 0)
+            report.kernels = {str(c): n for c, n in sorted(mosaic_calls(compiled.as_text()).items(), key=str)}
+            if cost == "scan" and cost_build is None:
+                found = program_cost(compiled, model, chip[1])
+            del compiled  # before the next compile: host memory
+        if found is None:
             build_cost = cost_build or build
             if cost == "scan":
                 found = program_cost(build_cost(model), model, chip[1])
             else:
                 found = extrapolated_cost(build_cost, model, chip[1])
-            return _fill_cost(report, found * repeat, cost, start)
-        compiled = build(model)
-        memory = compiled.memory_analysis()
-        report.argument_bytes = memory.argument_size_in_bytes
-        report.output_bytes = memory.output_size_in_bytes
-        report.alias_bytes = memory.alias_size_in_bytes
-        report.temp_bytes = memory.temp_size_in_bytes
-        report.peak_bytes = getattr(memory, "peak_memory_in_bytes", 0)
-        report.kernels = {str(call): n for call, n in sorted(mosaic_calls(compiled.as_text()).items(), key=str)}
-        found = program_cost(compiled, model, chip[1]) if cost == "scan" and cost_build is None else None
-        del compiled  # before the next compile: host memory
-        if found is None and cost == "scan":
-            found = program_cost(cost_build(model), model, chip[1])
-        elif found is None:
-            found = extrapolated_cost(cost_build or build, model, chip[1])
-        return _fill_cost(report, found * repeat, cost, start)
+        found = found * repeat
+        report.flops, report.kernel_flops = found.flops, found.kernel_flops
+        report.xla_seconds, report.kernel_seconds = found.xla_seconds, found.kernel_seconds
+        report.cost_source = cost
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # out of HBM (the TPU compiler), or unshardable
         report.error = " ".join(str(e).split())[:400]
-        report.compile_seconds = time.perf_counter() - start
-        return report
-
-
-def _fill_cost(report: Report, found: Cost, cost: str, start: float) -> Report:
-    report.flops, report.kernel_flops = found.flops, found.kernel_flops
-    report.xla_seconds, report.kernel_seconds = found.xla_seconds, found.kernel_seconds
-    report.cost_source = cost
     report.compile_seconds = time.perf_counter() - start
     log.info("%s", report)
     return report
@@ -554,18 +547,17 @@ def format_reports(setup: dict, reports: list[Report]) -> str:
         if r.error:
             lines.append(f"{head}  did not compile: {r.error}")
             continue
-        if not r.memory_measured:
-            lines.append(
-                f"{head} {'-':>6} {'-':>6} {'-':>6} {'-':>6} {_gib(r.hbm_bytes):>5} {'-':>7} {r.flops / 1e12:>8.1f} "
-                f"{r.kernel_flops / r.flops:>6.1%} {r.xla_seconds:>7.3f} {r.kernel_seconds:>7.3f} "
-                f"{r.step_seconds:>7.3f} {r.compile_seconds:>6.0f}s  (cost only)"
+        if r.memory_measured:
+            memory = (
+                f"{_gib(r.argument_bytes):>6} {_gib(r.output_bytes):>6} {_gib(r.temp_bytes):>6} "
+                f"{_gib(r.used_bytes):>6} {_gib(r.hbm_bytes):>5} {1 - r.used_bytes / r.hbm_bytes:>7.1%}"
             )
-            continue
+        else:
+            memory = f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {_gib(r.hbm_bytes):>5} {'-':>7}"
+        verdict = "(cost only)" if not r.memory_measured else "yes" if r.fits else "NO"
         lines.append(
-            f"{head} {_gib(r.argument_bytes):>6} {_gib(r.output_bytes):>6} {_gib(r.temp_bytes):>6} "
-            f"{_gib(r.used_bytes):>6} {_gib(r.hbm_bytes):>5} {1 - r.used_bytes / r.hbm_bytes:>7.1%} "
-            f"{r.flops / 1e12:>8.1f} {r.kernel_flops / r.flops:>6.1%} {r.xla_seconds:>7.3f} {r.kernel_seconds:>7.3f} "
-            f"{r.step_seconds:>7.3f} {r.compile_seconds:>6.0f}s  {'yes' if r.fits else 'NO'}"
+            f"{head} {memory} {r.flops / 1e12:>8.1f} {r.kernel_flops / r.flops:>6.1%} {r.xla_seconds:>7.3f} "
+            f"{r.kernel_seconds:>7.3f} {r.step_seconds:>7.3f} {r.compile_seconds:>6.0f}s  {verdict}"
         )
     lines.append(
         "per chip: memory in GiB (peak = max(XLA peak, args + out - aliased + temp)); TFLOP of the step, "

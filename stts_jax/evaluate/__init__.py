@@ -172,7 +172,6 @@ def evaluate(
     answer_len = max(len(o) for e in examples for o in e.options)
     if not examples:
         raise ValueError("the evaluation split is empty.")
-    shares = []
     seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
     frame_slots = max(len(e.pixels) for e in examples)
     run_cfg = cfg
@@ -196,7 +195,6 @@ def evaluate(
             for i, row in enumerate(rows):  # frame 0 is never pruned: count frames 1.. only
                 objects = row.objects[1:]
                 row_shares[i] = float(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
-            shares += row_shares
         for i, row in enumerate(rows):
             answer = tokens[i].tolist()
             answer = answer[: answer.index(end)] if end in answer else answer
@@ -225,6 +223,7 @@ def evaluate(
         if kept:
             family["kept_object_share"] = float(np.mean(kept))
     correct = {m: sum(p[m] == p["answer"] for p in predictions) for m in SCORING}
+    shares = [p["kept_object_share"] for p in predictions if "kept_object_share" in p]
     return {
         "examples": len(predictions),
         "accuracy": {m: correct[m] / len(predictions) for m in SCORING},
