@@ -155,6 +155,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~2 min: four process start-ups and compiles; `python -m pytest -q -m slow` runs it
 def test_two_processes_with_jax_distributed_train_save_and_restore(data_dir, tmp_path):
     """A real multi-host run: 2 local processes joined on 127.0.0.1, each reading its own data shard,
     batch rows over the 'data' axis across them; then both resume from the shared checkpoint."""

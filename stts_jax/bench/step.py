@@ -207,13 +207,16 @@ def measure(
     scan: bool,
     remat: str,
     split: bool,
+    **runtime: str,
 ) -> list[dict]:
-    """Rows (see `report.FIELDS`, plus timings per round and, for prefill with `split`, the halves)."""
-    base = get_config(variant, scan_layers=scan, remat_policy=remat)
+    """Rows (see `report.FIELDS`, plus timings per round and, for prefill with `split`, the halves).
+    `runtime`: config fields such as dtype, param_dtype, attention_impl."""
+    base = get_config(variant, scan_layers=scan, remat_policy=remat, **runtime)
     names = config_names(ratios)
     cfgs = {name: workload.method_config(base, k, frames, text_tokens) for name, k in names.items()}
     batch, targets = workload.synthetic_batch(base, batch_size, frames, text_tokens)
-    train_program = f"layers {'scanned' if scan else 'unrolled'}, remat {remat}"
+    numerics = f"{base.dtype} compute, {base.param_dtype} params, attention {base.attention_impl}"
+    train_program = f"layers {'scanned' if scan else 'unrolled'}, remat {remat}; {numerics}"
     params = shared_params(cfgs, batch)
     efficiency = {
         name: measured_packing_efficiency(cfg, params[name], batch) for name, cfg in cfgs.items() if cfg.stts.prunes
@@ -249,7 +252,7 @@ def measure(
                 "packing_efficiency": efficiency.get(name),
                 "peak_memory_bytes": program["peak_memory_bytes"],
                 "device": report.device_name(),
-                "program": train_program if mode == "train" else "layers unrolled",
+                "program": train_program if mode == "train" else f"layers unrolled; {numerics}",
                 "load_average": [load_before, load_after],
             }
             for part, p in parts.get(name, {}).items():
@@ -298,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--remat", default="full", help="remat policy of the timed train step")
     parser.add_argument("--no-split", dest="split", action="store_false", help="skip the ViT / LLM / scorer timings")
+    parser.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on an accelerator)")
+    parser.add_argument("--param_dtype", default="float32", help="parameter (and optimizer state) dtype")
+    parser.add_argument(
+        "--attention", default="xla", choices=["xla", "jax"], help="xla: explicit masks; jax: cuDNN on GPU in bf16"
+    )
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
+    runtime = {"dtype": args.dtype, "param_dtype": args.param_dtype, "attention_impl": args.attention}
     rows = []
     for frames in args.frames:
         rows += measure(
@@ -314,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             args.scan,
             args.remat,
             args.split,
+            **runtime,
         )
         report.write_json(rows, args.json)  # after each size, so a long run keeps what it measured
     report.print_table(rows, COLUMNS)
