@@ -1,7 +1,7 @@
 """Ahead-of-time compilation for a TPU slice from any host, no TPU needed: does the run fit, how fast is it.
 
   python -m stts_jax.aot --config=configs/molmo2_4b_v5p.py --topology=v5p:2x2x2
-  python -m stts_jax.aot --config=configs/molmo2_4b_v6e.py --topology=v6e:8x8 --json=/tmp/aot.json
+  python -m stts_jax.aot --config=configs/molmo2_4b_v6e.py --topology=v6e:4x8 --json=/tmp/aot.json
   python -m stts_jax.aot --config=configs/synthetic.py:variant=tiny --topology=v5e:2x2 --config.train.mesh.fsdp=4
 
 libtpu (the `jax[tpu]` extra) describes the slice (`jax.experimental.topologies`); the config's mesh

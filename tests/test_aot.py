@@ -143,7 +143,7 @@ def test_extrapolated_cost_equals_the_fully_unrolled_program():
     assert direct.xla_seconds > 0
 
 
-@pytest.mark.parametrize("name, hosts", [("molmo2_4b_v5p", 2), ("molmo2_4b_v6e", 4)])
+@pytest.mark.parametrize("name, hosts", [("molmo2_4b_v5p", 2), ("molmo2_4b_v6e", 8)])
 def test_slice_configs_follow_the_paper_recipe(name, hosts):
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
