@@ -14,7 +14,7 @@ first seed of the full sweep (same names), so a one-seed pass can be completed l
 keeps every run for the first seed and, for the others, only the runs behind the k = 0.5 claims (none,
 STTS, random, STTS without the auxiliary loss): 20 runs instead of 36. Time on the
 2-core VM: 300 steps at 1.1-2.1 s each with TPU compiles running beside them, ~8-11 min per run with
-its evaluation, so one seed (12 runs) takes ~1.5-2 h and three seeds ~5 h.
+its evaluation, so one seed (12 runs) takes ~1.5-2 h, `later_seeds=core` ~3 h and three full seeds ~5 h.
 
 The testbed (what changed from the default six-family mix, and why): with all six families a `tiny`
 model trained from scratch stays at chance within a 2-core budget, so pruning cannot matter. This

@@ -47,11 +47,8 @@ def test_replication_sweep_is_valid_and_complete(monkeypatch):
     assert [n for n, _ in plan(one_seed["config"], one_seed["runs"], one_seed["fixed"])] == [n for n, _ in planned[:12]]
     core = load_sweep(str(CONFIGS / "replication.py"), "later_seeds=core")
     names = [n for n, _ in plan(core["config"], core["runs"], core["fixed"])]
-    assert (
-        names[:12] == [n for n, _ in planned[:12]]
-        and len(names) == 12 + 2 * 4
-        and set(names) <= {n for n, _ in planned}
-    )
+    assert names[:12] == [n for n, _ in planned[:12]]  # seed 0: every run, in the full sweep's order
+    assert len(names) == 12 + 2 * 4 and set(names) <= {n for n, _ in planned}  # seeds 1-2: four runs each
     assert {r["stts.method"] for r in core["runs"][12:]} == {"none", "stts", "random", "stts_no_aux"}
     assert len(core["test_time_scaling"]) == 3
     with pytest.raises(ConfigError, match="later_seeds"):
