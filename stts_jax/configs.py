@@ -54,7 +54,7 @@ def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.Confi
             "accumulate_steps": 1,  # gradient accumulation: micro-batches of data.batch_size / this
             "eval_every": 500,  # validation every N steps and at the end (0: off)
             "eval_batches": 8,
-            "init_from": "",  # a Hugging Face Molmo2 directory to start from (the scorer starts fresh)
+            "init_from": "",  # a Hugging Face Molmo2 directory or a run's workdir to start from (scorer kept or fresh)
             "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
             "optimizer": {
                 "learning_rates": [list(rule) for rule in OptimizerConfig.learning_rates],

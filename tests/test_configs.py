@@ -30,29 +30,35 @@ def test_configs_build_valid_typed_configs(name):
 
 
 def test_replication_sweep_is_valid_and_complete(monkeypatch):
-    from stts_jax.sweep import load_sweep, plan, run_name
+    from stts_jax.sweep import BASE, load_sweep, plan, run_name
 
     monkeypatch.chdir(CONFIGS.parent)  # sweep files name configs relative to the repo root
-    sweep = load_sweep(str(CONFIGS / "replication.py"))
-    planned = plan(sweep["config"], sweep["runs"], sweep["fixed"])
-    assert len(planned) == 3 * 12  # 3 seeds x (none, 5 methods at k = 0.5, STTS and random at 3 more ratios)
+    file = str(CONFIGS / "replication.py")
+    names = lambda sweep: [n for n, _ in plan(sweep["config"], sweep["runs"], sweep["fixed"], sweep["base"], "/r")]
+    sweep = load_sweep(file)
+    planned = plan(sweep["config"], sweep["runs"], sweep["fixed"], sweep["base"], "/r")
+    assert len(planned) == 1 + 3 * 12  # the base, then 3 seeds x (none, 5 methods at k = 0.5, 2 x 3 ratios)
+    (base_name, base), *fine_tunes = planned
+    assert base_name == BASE and base.stts.method == "none" and not base.train.init_from
+    assert base.train.steps == base.train.optimizer.total_steps == 800
+    assert all(c.train.init_from == "/r/base" and c.train.steps == 100 for _, c in fine_tunes)
+    assert base.train.optimizer.learning_rates[-1][1] == 10 * fine_tunes[0][1].train.optimizer.learning_rates[-1][1]
     assert len(sweep["test_time_scaling"]) == 3 and set(sweep["test_time_scaling"]) <= {
         run_name(r) for r in sweep["runs"]
     }
     assert {c.stts.method for _, c in planned} == {"none", "stts", "random", "heuristic", "stts_no_aux", "fewer_frames"}
-    _, config = planned[0]
-    assert config.data.families == "moving_color,needle_color" and config.data.max_distractors == 0
-    assert config.data.answer_format == "option"
-    one_seed = load_sweep(str(CONFIGS / "replication.py"), "seeds=1")
-    assert [n for n, _ in plan(one_seed["config"], one_seed["runs"], one_seed["fixed"])] == [n for n, _ in planned[:12]]
-    core = load_sweep(str(CONFIGS / "replication.py"), "later_seeds=core")
-    names = [n for n, _ in plan(core["config"], core["runs"], core["fixed"])]
-    assert names[:12] == [n for n, _ in planned[:12]]  # seed 0: every run, in the full sweep's order
-    assert len(names) == 12 + 2 * 4 and set(names) <= {n for n, _ in planned}  # seeds 1-2: four runs each
-    assert {r["stts.method"] for r in core["runs"][12:]} == {"none", "stts", "random", "stts_no_aux"}
-    assert len(core["test_time_scaling"]) == 3
+    assert base.data.families == "moving_color,needle_color" and base.data.max_distractors == 0
+    assert base.data.answer_format == "option"
+    first = [c for _, c in fine_tunes[:12]]  # the k = 0.5 claims' runs, every seed, come first
+    assert {c.stts.method for c in first} == {"none", "stts", "random", "stts_no_aux"}
+    assert {c.stts.prune_ratio for c in first} == {0.5} and {c.train.seed for c in first} == {0, 1, 2}
+    one_seed = load_sweep(file, "seeds=1")
+    assert set(names(one_seed)) == {BASE} | {n for n, c in fine_tunes if c.train.seed == 0}
+    core = names(load_sweep(file, "later_seeds=core"))
+    assert core[:13] == names(sweep)[:13]  # the base, then the k = 0.5 claims' four runs for every seed
+    assert len(core) == 1 + 3 * 4 + 8 and set(core) <= set(names(sweep))  # + seed 0's eight other runs
     with pytest.raises(ConfigError, match="later_seeds"):
-        load_sweep(str(CONFIGS / "replication.py"), "later_seeds=some")
+        load_sweep(file, "later_seeds=some")
 
 
 def test_bad_values_name_the_field():

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from stts_jax.models.config import ConfigError
-from stts_jax.sweep import SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep
+from stts_jax.sweep import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep, stages
 from stts_jax.sweep.aggregate import aggregate
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py") + ":variant=tiny,frames=4"
@@ -48,6 +48,21 @@ def test_pod_commands_train_on_every_host_then_evaluate():
         "stts_jax.evaluate",
         "--checkpoint=gs://bucket/sweep/method=stts,k=0.5",
     ]
+
+
+def test_a_base_run_trains_first_and_every_run_starts_from_it():
+    runs = parse_grid("stts.method=stts,random;stts.prune_ratio=0.5")
+    fixed = {"train.steps": 10}
+    base = {"stts.method": "none", "train.steps": 40}
+    named = stages(runs, fixed, base, "gs://b/sweep/")
+    assert [n for n, _ in named] == [BASE, "method=stts,k=0.5", "method=random,k=0.5"]
+    assert named[0][1] == {"train.steps": 40, "stts.method": "none"}  # the base's own settings win
+    assert all(o["train.init_from"] == "gs://b/sweep/base" and o["train.steps"] == 10 for _, o in named[1:])
+    planned = plan(CONFIG, runs, fixed, base, "/r")
+    assert planned[0][1].train.init_from == "" and planned[1][1].train.init_from == "/r/base"
+    lines = pod_commands(CONFIG, runs, "gs://b/sweep", fixed, base)
+    assert len(lines) == 6 and "--workdir=gs://b/sweep/base" in shlex.split(lines[0])
+    assert "--config.train.init_from=gs://b/sweep/base" in shlex.split(lines[2])
 
 
 def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, monkeypatch):

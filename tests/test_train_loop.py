@@ -103,7 +103,8 @@ def test_workdir_with_a_checkpoint_of_another_model_is_refused(data_dir, tmp_pat
 
 def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
     """Starts from a transformers-format Molmo2 directory (scorer fresh), trains the scorer only,
-    evaluates on the validation split, and writes the same scalars to TensorBoard and metrics.jsonl."""
+    evaluates on the validation split, and writes the same scalars to TensorBoard and metrics.jsonl;
+    then a run without a scorer starts from that run's workdir."""
     import dataclasses
     import json
 
@@ -137,6 +138,16 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
     assert {"train/loss", "train/tokens_per_second", "validation/answer_accuracy"} <= set(events.Tags()["scalars"])
     logged = [e.value for e in events.Scalars("validation/answer_loss")]
     np.testing.assert_allclose(logged, [line["validation/answer_loss"] for line in validation], rtol=1e-6)
+
+    # another run's workdir (its latest checkpoint); a model without a scorer leaves the run's scorer out
+    config_random = load_config(data_dir, 1, 1, stts__method="random")
+    config_random.train.optimizer.freeze = [".*"]
+    config_random.train.init_from = str(tmp_path / "run")
+    train(config_random, str(tmp_path / "random"))
+    _, params = final_params(tmp_path / "random")
+    assert set(params) == set(pretrained)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(pretrained), strict=True):
+        np.testing.assert_array_equal(a, b)
 
     other = dataclasses.replace(backbone, text=dataclasses.replace(backbone.text, intermediate_size=48))
     save_molmo2(

@@ -4,6 +4,8 @@ evaluated one after another (resumable), or printed as pod commands; `aggregate`
 A run is a dict of dotted config overrides ({"stts.method": "stts", "stts.prune_ratio": 0.5,
 "train.seed": 0}); its directory name spells them. Each run directory holds the training workdir
 and `eval_test.json` (+ `eval_test_tts.json` with test-time scaling), which `aggregate` reads.
+A sweep may name a `base` run: trained first (in ROOT/base), every other run starts from its final
+parameters (`train.init_from`), as the paper fine-tunes one pretrained model per method.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ SHORT = {
     "train.seed": "seed",
     "data.seed": "data_seed",
 }
+BASE = "base"  # the directory of a sweep's shared starting run
 
 
 def parse_grid(spec: str) -> list[dict[str, Any]]:
@@ -81,7 +84,8 @@ def apply(
 
 def load_sweep(path: str, arg: str | None = None) -> dict:
     """A sweep file's `get_sweep(arg)`: {"config": "configs/x.py:args", "runs": [overrides...],
-    "fixed": {overrides of every run}, "test_time_scaling": [run names evaluated again with more frames]}."""
+    "fixed": {overrides of every run}, "test_time_scaling": [run names evaluated again with more frames],
+    "base": {overrides of a run trained first, that every run starts from} (optional)}."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("sweep_file", path)
@@ -95,29 +99,52 @@ def base_config(config_arg: str) -> ml_collections.ConfigDict:
     return load_config_file(path, arg or None)
 
 
-def plan(
-    config_arg: str, runs: Sequence[Mapping[str, Any]], fixed: Mapping[str, Any] | None = None
-) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(name, validated config) of every run; `fixed` overrides apply to all runs and stay out of
-    their names. Nothing runs unless every run is valid."""
-    base = apply(base_config(config_arg), fixed or {}, name="(fixed settings)")
-    names = [run_name(r) for r in runs]
+def stages(
+    runs: Sequence[Mapping[str, Any]],
+    fixed: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    root: str = "",
+) -> list[tuple[str, dict[str, Any]]]:
+    """(name, every override) of each run in training order: the `base` run first when there is one,
+    then the runs, each starting from the base run's workdir. `fixed` applies to all and stays out of
+    the names."""
+    named = [(run_name(r), {**(fixed or {}), **r}) for r in runs]
+    if base is not None:
+        start = {"train.init_from": f"{root.rstrip('/')}/{BASE}"}
+        named = [(BASE, {**(fixed or {}), **base}), *((name, {**start, **o}) for name, o in named)]
+    names = [name for name, _ in named]
     if len(set(names)) != len(names):
         raise ConfigError(f"the sweep repeats runs: {sorted({n for n in names if names.count(n) > 1})}")
-    return [(name, apply(base, r)) for name, r in zip(names, runs, strict=True)]
+    return named
+
+
+def plan(
+    config_arg: str,
+    runs: Sequence[Mapping[str, Any]],
+    fixed: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    root: str = "",
+) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, validated config) of every run (see `stages`). Nothing runs unless every run is valid."""
+    config = base_config(config_arg)
+    return [(name, apply(config, overrides, name)) for name, overrides in stages(runs, fixed, base, root)]
 
 
 def pod_commands(
-    config_arg: str, runs: Sequence[Mapping[str, Any]], root: str, fixed: Mapping[str, Any] | None = None
+    config_arg: str,
+    runs: Sequence[Mapping[str, Any]],
+    root: str,
+    fixed: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """One train command (every host of a pod runs it) and one evaluation command per run."""
+    """One train command (every host of a pod runs it) and one evaluation command per run, in order."""
     from launch.commands import train_command  # the launch/ scripts live beside the package in the repo
 
-    plan(config_arg, runs, fixed)
+    plan(config_arg, runs, fixed, base, root)
     lines = []
-    for overrides in runs:
-        workdir = f"{root.rstrip('/')}/{run_name(overrides)}"
-        argv = train_command(config_arg, {**(fixed or {}), **overrides}, workdir, distributed=True, python="python")
+    for name, overrides in stages(runs, fixed, base, root):
+        workdir = f"{root.rstrip('/')}/{name}"
+        argv = train_command(config_arg, overrides, workdir, distributed=True, python="python")
         lines.append(shlex.join(argv))
         lines.append(shlex.join(["python", "-m", "stts_jax.evaluate", f"--checkpoint={workdir}"]))
     return lines
@@ -135,13 +162,15 @@ def run_sweep(
     fixed: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    base: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Trains and evaluates every run under `root` (skipping finished work); returns the run names."""
+    """Trains and evaluates every run under `root` (skipping finished work; the `base` run first);
+    returns the run names."""
     from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
     from stts_jax.export import restore_params
     from stts_jax.train.loop import source, train
 
-    runs_planned = plan(config_arg, runs, fixed)
+    runs_planned = plan(config_arg, runs, fixed, base, root)
     for i, (name, config) in enumerate(runs_planned, start=1):
         workdir = os.path.join(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")

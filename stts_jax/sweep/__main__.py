@@ -37,11 +37,17 @@ def main(argv):
     else:
         raise ConfigError("pass --sweep=FILE, or --config=configs/x.py:args with --grid=...")
     if FLAGS.print_commands:
-        print("\n".join(pod_commands(sweep["config"], sweep["runs"], FLAGS.root, sweep.get("fixed"))))
+        lines = pod_commands(sweep["config"], sweep["runs"], FLAGS.root, sweep.get("fixed"), sweep.get("base"))
+        print("\n".join(lines))
         return
     try:
         names = run_sweep(
-            sweep["config"], sweep["runs"], FLAGS.root, sweep.get("test_time_scaling", ()), sweep.get("fixed")
+            sweep["config"],
+            sweep["runs"],
+            FLAGS.root,
+            sweep.get("test_time_scaling", ()),
+            sweep.get("fixed"),
+            base=sweep.get("base"),
         )
     except SweepPreempted as e:
         print(e, file=sys.stderr)

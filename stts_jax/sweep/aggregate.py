@@ -1,7 +1,8 @@
 """Tabulate and plot a finished sweep: python -m stts_jax.sweep.aggregate --root=DIR
 
 Writes DIR/runs.csv (one line per run and evaluation), DIR/summary.md (mean ± standard deviation
-over seeds, per method / ratio / layer / frames), DIR/accuracy_vs_ratio.png and DIR/accuracy_vs_flops.png.
+over seeds, per method / ratio / layer / frames / training steps), DIR/accuracy_vs_ratio.png and
+DIR/accuracy_vs_flops.png. A run started from another run's workdir counts its steps as "800+100".
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from absl import app, flags
 
 from stts_jax.train.metrics import median_step_seconds
 
-GROUP = ("method", "prune_ratio", "layer", "frames")
+GROUP = ("method", "prune_ratio", "layer", "frames", "steps")
+
+
+def training_steps(config: dict) -> str:
+    """The run's training steps; "B+N" when it started from another run (B steps) of N steps."""
+    steps, start = str(config["train"]["steps"]), config["train"].get("init_from", "")
+    if not start:
+        return steps
+    try:
+        with open(os.path.join(start, "config.json")) as f:
+            return f"{json.load(f)['train']['steps']}+{steps}"
+    except FileNotFoundError:
+        return f"?+{steps}"  # a Hugging Face directory, or a moved run
 
 
 def collect(root: str) -> list[dict]:
@@ -35,6 +48,7 @@ def collect(root: str) -> list[dict]:
             "prune_ratio": stts["prune_ratio"] if stts["method"] != "none" else 0.0,
             "layer": stts["layer"],
             "seed": config["train"]["seed"],
+            "steps": training_steps(config),
             "frames": round(result["frames_per_example"]),
             "test_time_scaling": result["test_time_scaling"],
             "accuracy": result["accuracy"]["generate"],
@@ -73,14 +87,14 @@ def markdown(summary: list[dict]) -> str:
     families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
     has_share = any("kept_object_share" in s for s in summary)
     kept = sorted({k for s in summary for k in s if k.startswith("kept/") and not k.endswith("_std")})
-    header = ["method", "k", "layer", "frames", "seeds", *[f.split("/")[1] for f in families], "overall"]
+    header = ["method", "k", "layer", "frames", "steps", "seeds", *[f.split("/")[1] for f in families], "overall"]
     header += ["object windows kept"] * has_share + [f"kept: {k.split('/')[1]}" for k in kept]
     header += ["vision tokens", "GFLOPs/example", "step time"]
     pm = lambda s, k, scale=100: f"{scale * s[k]:.1f} ± {scale * s[k + '_std']:.1f}" if k in s else "-"
     none_step = next((s["step_seconds"] for s in summary if s["method"] == "none"), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
-        cells = [s["method"], f"{s['prune_ratio']:g}", str(s["layer"]), str(s["frames"]), str(s["seeds"])]
+        cells = [s["method"], f"{s['prune_ratio']:g}", str(s["layer"]), str(s["frames"]), s["steps"], str(s["seeds"])]
         cells += [pm(s, f) for f in families] + [pm(s, "accuracy")]
         cells += [pm(s, "kept_object_share")] * has_share + [pm(s, k) for k in kept]
         cells += [f"{s['vision_tokens']:.0f}", f"{s['forward_flops'] / 1e9:.3f}"]
@@ -98,7 +112,8 @@ def plot(summary: list[dict], root: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     frames = statistics.mode(s["frames"] for s in summary)  # the sweep's own; fewer_frames runs have fewer
-    summary = [s for s in summary if s["frames"] <= frames]
+    steps = statistics.mode(s["steps"] for s in summary)  # leaves out a sweep's base run
+    summary = [s for s in summary if s["frames"] <= frames and s["steps"] == steps]
     families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
     by_method: dict[str, list[dict]] = defaultdict(list)
     for s in summary:

@@ -3,7 +3,8 @@
 Every host runs the same command; each reads its own data shard and the global batch is assembled
 with `jax.make_array_from_process_local_data`. The run resumes from the latest checkpoint in
 `workdir` (state and data iterator), or starts from `train.init_from` (a Hugging Face Molmo2
-directory; the scorer is freshly initialised) or from scratch. SIGTERM (TPU preemption) saves and
+directory or another run's workdir: its parameters, with a fresh scorer where it has none) or from
+scratch. SIGTERM (TPU preemption) saves and
 returns with `preempted` set (the CLI then exits 143, so a job scheduler restarts it). Metrics go to
 TensorBoard event files and metrics.jsonl in `workdir` (local or gs://).
 """
@@ -96,12 +97,24 @@ def source(config: ml_collections.ConfigDict, split: str):
     raise TrainingError(f"data.dataset {data.dataset!r}: expected synthetic_video_qa or manifest_video_qa.")
 
 
+def _pretrained(path: str) -> dict:
+    """Flat parameters of a training run's workdir (its latest checkpoint) or a Hugging Face Molmo2 directory."""
+    if (checkpoint.workdir_path(path) / "checkpoints").exists():
+        from stts_jax.export import restore_params  # export builds on this module's checkpoints
+
+        _, params, step = restore_params(path)
+        log.info("starting from step %d of the run in %s", step, path)
+    else:
+        _, params = load_molmo2(path)
+    return flax.traverse_util.flatten_dict(params, sep="/")
+
+
 def init_from_pretrained(state, path: str, shardings):
-    """`state` with every parameter that a Hugging Face Molmo2 directory holds replaced by its value;
-    the parameters it lacks (the STTS scorer) keep their fresh initialisation."""
-    _, loaded = load_molmo2(path)
+    """`state` with every parameter that `path` (a Hugging Face Molmo2 directory or a run's workdir)
+    holds replaced by its value; the parameters it lacks (the STTS scorer) keep their fresh
+    initialisation, and a scorer this model does not have is left out."""
     ours = flax.traverse_util.flatten_dict(state.params, sep="/")
-    theirs = flax.traverse_util.flatten_dict(loaded, sep="/")
+    theirs = {n: v for n, v in _pretrained(path).items() if n in ours or not n.startswith("scorer/")}
     place = flax.traverse_util.flatten_dict(shardings.params, sep="/")
     for name, value in theirs.items():
         if name not in ours or ours[name].shape != value.shape:
