@@ -37,7 +37,7 @@ def test_replication_sweep_is_valid_and_complete(monkeypatch):
     names = lambda sweep: [n for n, _ in plan(sweep["config"], sweep["runs"], sweep["fixed"], sweep["base"], "/r")]
     sweep = load_sweep(file)
     planned = plan(sweep["config"], sweep["runs"], sweep["fixed"], sweep["base"], "/r")
-    assert len(planned) == 1 + 3 * 12  # the base, then 3 seeds x (none, 5 methods at k = 0.5, 2 x 3 ratios)
+    assert len(planned) == 1 + 3 * 14  # the base, then 3 seeds x (none, 5 methods at k = 0.5, 2 x 4 ratios)
     (base_name, base), *fine_tunes = planned
     assert base_name == BASE and base.stts.method == "none" and not base.train.init_from
     assert base.train.steps == base.train.optimizer.total_steps == 800
@@ -56,7 +56,7 @@ def test_replication_sweep_is_valid_and_complete(monkeypatch):
     assert set(names(one_seed)) == {BASE} | {n for n, c in fine_tunes if c.train.seed == 0}
     core = names(load_sweep(file, "later_seeds=core"))
     assert core[:13] == names(sweep)[:13]  # the base, then the k = 0.5 claims' four runs for every seed
-    assert len(core) == 1 + 3 * 4 + 8 and set(core) <= set(names(sweep))  # + seed 0's eight other runs
+    assert len(core) == 1 + 3 * 4 + 10 and set(core) <= set(names(sweep))  # + seed 0's ten other runs
     with pytest.raises(ConfigError, match="later_seeds"):
         load_sweep(file, "later_seeds=some")
 

@@ -65,6 +65,15 @@ def test_a_base_run_trains_first_and_every_run_starts_from_it():
     assert "--config.train.init_from=gs://b/sweep/base" in shlex.split(lines[2])
 
 
+def test_runs_started_from_a_base_count_its_steps(tmp_path):
+    from stts_jax.sweep.aggregate import training_steps
+
+    (tmp_path / "config.json").write_text('{"train": {"steps": 800, "init_from": ""}}')
+    assert training_steps({"train": {"steps": 800, "init_from": ""}}) == "800"
+    assert training_steps({"train": {"steps": 100, "init_from": str(tmp_path)}}) == "800+100"
+    assert training_steps({"train": {"steps": 100, "init_from": str(tmp_path / "gone")}}) == "?+100"
+
+
 def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, monkeypatch):
     import stts_jax.train.loop as loop
 

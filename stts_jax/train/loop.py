@@ -4,9 +4,9 @@ Every host runs the same command; each reads its own data shard and the global b
 with `jax.make_array_from_process_local_data`. The run resumes from the latest checkpoint in
 `workdir` (state and data iterator), or starts from `train.init_from` (a Hugging Face Molmo2
 directory or another run's workdir: its parameters, with a fresh scorer where it has none) or from
-scratch. SIGTERM (TPU preemption) saves and
-returns with `preempted` set (the CLI then exits 143, so a job scheduler restarts it). Metrics go to
-TensorBoard event files and metrics.jsonl in `workdir` (local or gs://).
+scratch. SIGTERM (TPU preemption) saves and returns with `preempted` set (the CLI then exits 143, so
+a job scheduler restarts it). Metrics go to TensorBoard event files and metrics.jsonl in `workdir`
+(local or gs://).
 """
 
 from __future__ import annotations
