@@ -174,16 +174,17 @@ def run_sweep(
     for i, (name, config) in enumerate(runs_planned, start=1):
         workdir = os.path.join(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")
-        if train(config, workdir, progress).get("preempted"):
-            raise SweepPreempted(f"{name} stopped by SIGTERM with a checkpoint; rerun the same command to resume.")
         evaluations = [("eval_test.json", None)]
         if name in test_time_scaling:
             k = config.stts.prune_ratio if config.stts.method != "none" else 0.0
             evaluations.append(("eval_test_tts.json", frames_for_equal_tokens(k, config.data.frames, _windows(config))))
+        evaluations = [(f, frames) for f, frames in evaluations if not os.path.exists(os.path.join(workdir, f))]
+        if not evaluations:
+            continue  # trained and evaluated by an earlier pass
+        if train(config, workdir, progress).get("preempted"):
+            raise SweepPreempted(f"{name} stopped by SIGTERM with a checkpoint; rerun the same command to resume.")
         for filename, frames in evaluations:
             path = os.path.join(workdir, filename)
-            if os.path.exists(path):
-                continue
             cfg, params, step = restore_params(workdir)
             test_source, tokenizer = source(scaled_data(config, frames, "test"), "test")
             answer_format = config.data.get("answer_format", "letter")
