@@ -74,6 +74,21 @@ def test_runs_started_from_a_base_count_its_steps(tmp_path):
     assert training_steps({"train": {"steps": 100, "init_from": str(tmp_path / "gone")}}) == "?+100"
 
 
+def test_questions_whose_object_windows_were_all_pruned_are_counted():
+    from stts_jax.sweep.aggregate import lost_objects
+
+    predictions = [
+        {"family": "needle", "answer": 1, "generate": 1, "kept_object_share": 0.0},
+        {"family": "needle", "answer": 1, "generate": 0, "kept_object_share": 0.0},
+        {"family": "needle", "answer": 2, "generate": 2, "kept_object_share": 0.5},
+        {"family": "needle", "answer": 2, "generate": 2, "kept_object_share": 1.0},
+        {"family": "moving", "answer": 0, "generate": 0, "kept_object_share": 0.3},
+        {"family": "count", "answer": 0, "generate": 0},  # unpruned: no share
+    ]
+    result = {"families": {"needle": {}, "moving": {}, "count": {}}, "predictions": predictions}
+    assert lost_objects(result) == {"lost/needle": 0.5, "lost_accuracy/needle": 0.5, "lost/moving": 0.0}
+
+
 def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, monkeypatch):
     import stts_jax.train.loop as loop
 

@@ -33,6 +33,20 @@ def training_steps(config: dict) -> str:
         return f"?+{steps}"  # a Hugging Face directory, or a moved run
 
 
+def lost_objects(result: dict) -> dict[str, float]:
+    """Per family: the share of questions whose object windows (frames 1..) were all pruned, and the
+    accuracy on those questions (what survives of an object in the windows that were kept)."""
+    row = {}
+    for name in result["families"]:
+        scored = [p for p in result["predictions"] if p["family"] == name and "kept_object_share" in p]
+        lost = [p for p in scored if p["kept_object_share"] == 0]
+        if scored:
+            row[f"lost/{name}"] = len(lost) / len(scored)
+        if lost:
+            row[f"lost_accuracy/{name}"] = sum(p["generate"] == p["answer"] for p in lost) / len(lost)
+    return row
+
+
 def collect(root: str) -> list[dict]:
     rows = []
     for path in sorted(glob.glob(os.path.join(root, "*", "eval_test*.json"))):
@@ -60,6 +74,7 @@ def collect(root: str) -> list[dict]:
             **{f"kept/{k}": v["kept_object_share"] for k, v in result["families"].items() if "kept_object_share" in v},
         }
         row.update({k: result[k] for k in ("kept_object_share",) if k in result})
+        row.update(lost_objects(result))
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no eval_test*.json under {root}/*/: run the sweep first (python -m stts_jax.sweep).")
@@ -99,6 +114,22 @@ def markdown(summary: list[dict]) -> str:
         cells += [pm(s, "kept_object_share")] * has_share + [pm(s, k) for k in kept]
         cells += [f"{s['vision_tokens']:.0f}", f"{s['forward_flops'] / 1e9:.3f}"]
         cells.append(f"{s['step_seconds'] / none_step:.2f}x" if none_step else f"{s['step_seconds']:.3f} s")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lost_markdown(summary: list[dict]) -> str:
+    """Questions whose object windows were all pruned, per family: their share and the accuracy on them."""
+    families = sorted({k.split("/")[1] for s in summary for k in s if k.startswith("lost/") and not k.endswith("_std")})
+    header = ["method", "k", "frames", "steps", "seeds"]
+    header += [f"{f}: {what}" for f in families for what in ("all object windows pruned", "accuracy on those")]
+    pm = lambda s, k: f"{100 * s[k]:.1f} ± {100 * s[k + '_std']:.1f}" if k in s else "-"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        if not any(k.startswith("lost/") for k in s):
+            continue
+        cells = [s["method"], f"{s['prune_ratio']:g}", str(s["frames"]), s["steps"], str(s["seeds"])]
+        cells += [pm(s, f"{what}/{f}") for f in families for what in ("lost", "lost_accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -153,7 +184,8 @@ def aggregate(root: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
     summary = summarize(rows)
-    table = markdown(summary)
+    table = markdown(summary) + "\n\nWhen pruning removed every window of the object asked about:\n\n"
+    table += lost_markdown(summary)
     with open(os.path.join(root, "summary.md"), "w") as f:
         f.write(table + "\n")
     plot(summary, root)
