@@ -18,8 +18,8 @@ STTS, random, STTS without the auxiliary loss) come first for every seed, so a p
 has their spread. The sweep resumes: rerunning skips finished training and evaluations; `seeds=1` is
 the first seed of the full sweep (same names); `later_seeds=core` keeps every run for the first seed
 and only the four k = 0.5 claim runs for the others (23 runs instead of 43). Time on the 2-core VM:
-the base 14 min, each fine-tuning run 2.7-3.1 min with its evaluation (~1.0-1.4 s per step), so the
-whole sweep takes ~2 h 15 min and `later_seeds=core` ~1 h 20 min.
+the base 13 min 37 s, each fine-tuning run 2.4 min on average with its evaluation (0.8-1.4 s per
+step): the whole sweep took 1 h 55 min, `later_seeds=core` takes ~1 h 5 min.
 
 The testbed (what changed from the default six-family mix, and why): with all six families a `tiny`
 model trained from scratch stays at chance within a 2-core budget, so pruning cannot matter. This
