@@ -1,7 +1,7 @@
 """Writes the notebooks from the cells below and executes them in place (offline, tiny settings).
 
   python notebooks/build.py            # rewrite + execute both, outputs saved in the .ipynb files
-  STTS_RUN=/tmp/stts_jax_demo/stts STTS_SWEEP=/tmp/stts_jax_replication python notebooks/build.py
+  STTS_RUN=/tmp/stts_jax_demo/runs/method=stts,k=0.7 STTS_SWEEP=/tmp/stts_jax_replication python notebooks/build.py
 
 The notebooks read a trained run (STTS_RUN, default: the demo's STTS model) and a finished sweep
 (STTS_SWEEP, default: the replication's); where these do not exist they make tiny ones, so the
@@ -45,7 +45,7 @@ from stts_jax.train.loop import source, train
 
 logging.set_verbosity(logging.ERROR)  # TFDS narrates every file otherwise
 tfds.disable_progress_bar()
-RUN = os.environ.get("STTS_RUN", "/tmp/stts_jax_demo/stts")
+RUN = os.environ.get("STTS_RUN", "/tmp/stts_jax_demo/runs/method=stts,k=0.7")
 if not os.path.exists(os.path.join(RUN, "checkpoints")):
     RUN = tempfile.mkdtemp(prefix="stts_notebook_")
     config = load_config_file("../configs/synthetic.py", "variant=tiny,frames=6,method=stts")
