@@ -29,7 +29,8 @@ flags.DEFINE_integer("base_steps", 400, "training steps of the unpruned base mod
 flags.DEFINE_integer("steps", 60, "fine-tuning steps of each pruned / unpruned model")
 flags.DEFINE_float("prune_ratio", 0.7, "k of STTS and random pruning")
 
-REPLICATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "replication.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPLICATION = os.path.join(REPO, "configs", "replication.py")
 
 
 def run_demo(workdir: str, base_steps: int, steps: int, prune_ratio: float) -> str:
@@ -38,7 +39,8 @@ def run_demo(workdir: str, base_steps: int, steps: int, prune_ratio: float) -> s
     runs += [{"stts.method": "random", "stts.prune_ratio": prune_ratio}]
     fixed = {**sweep["fixed"], "data.data_dir": os.path.join(workdir, "data")}
     root = os.path.join(workdir, "runs")
-    run_sweep(sweep["config"], runs, root, fixed=fixed, base=sweep["base"])
+    config = os.path.join(REPO, sweep["config"])  # the sweep file names it from the repo root; any cwd here
+    run_sweep(config, runs, root, fixed=fixed, base=sweep["base"])
     label = lambda r: "none" if r["stts.method"] == "none" else f"{r['stts.method']} k={prune_ratio:g}"
     names = {f"base ({base_steps} steps, no pruning)": BASE} | {label(r): run_name(r) for r in runs}
     results, seconds = {}, {}
