@@ -33,6 +33,11 @@ SHORT = {
 BASE = "base"  # the directory of a sweep's shared starting run
 
 
+def run_dir(root: str, name: str) -> str:
+    """A run's workdir under the sweep's root (local or gs://)."""
+    return f"{root.rstrip('/')}/{name}"
+
+
 def parse_grid(spec: str) -> list[dict[str, Any]]:
     """ "stts.method=stts,random;stts.prune_ratio=0.3,0.5" -> the cartesian product as override dicts."""
     axes = []
@@ -110,7 +115,7 @@ def stages(
     the names."""
     named = [(run_name(r), {**(fixed or {}), **r}) for r in runs]
     if base is not None:
-        start = {"train.init_from": f"{root.rstrip('/')}/{BASE}"}
+        start = {"train.init_from": run_dir(root, BASE)}
         named = [(BASE, {**(fixed or {}), **base}), *((name, {**start, **o}) for name, o in named)]
     names = [name for name, _ in named]
     if len(set(names)) != len(names):
@@ -143,7 +148,7 @@ def pod_commands(
     plan(config_arg, runs, fixed, base, root)
     lines = []
     for name, overrides in stages(runs, fixed, base, root):
-        workdir = f"{root.rstrip('/')}/{name}"
+        workdir = run_dir(root, name)
         argv = train_command(config_arg, overrides, workdir, distributed=True, python="python")
         lines.append(shlex.join(argv))
         lines.append(shlex.join(["python", "-m", "stts_jax.evaluate", f"--checkpoint={workdir}"]))
@@ -172,7 +177,7 @@ def run_sweep(
 
     runs_planned = plan(config_arg, runs, fixed, base, root)
     for i, (name, config) in enumerate(runs_planned, start=1):
-        workdir = os.path.join(root, name)
+        workdir = run_dir(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")
         evaluations = [("eval_test.json", None)]
         if name in test_time_scaling:

@@ -98,6 +98,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def _mean_std(s: dict, key: str) -> str:
+    """A share as "mean ± std" in %, or "-" where the group lacks it."""
+    return f"{100 * s[key]:.1f} ± {100 * s[key + '_std']:.1f}" if key in s else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def markdown(summary: list[dict]) -> str:
     families = sorted({k for s in summary for k in s if k.startswith("family/") and not k.endswith("_std")})
     has_share = any("kept_object_share" in s for s in summary)
@@ -105,17 +115,16 @@ def markdown(summary: list[dict]) -> str:
     header = ["method", "k", "layer", "frames", "steps", "seeds", *[f.split("/")[1] for f in families], "overall"]
     header += ["object windows kept"] * has_share + [f"kept: {k.split('/')[1]}" for k in kept]
     header += ["vision tokens", "GFLOPs/example", "step time"]
-    pm = lambda s, k, scale=100: f"{scale * s[k]:.1f} ± {scale * s[k + '_std']:.1f}" if k in s else "-"
     none_step = next((s["step_seconds"] for s in summary if s["method"] == "none"), None)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for s in summary:
         cells = [s["method"], f"{s['prune_ratio']:g}", str(s["layer"]), str(s["frames"]), s["steps"], str(s["seeds"])]
-        cells += [pm(s, f) for f in families] + [pm(s, "accuracy")]
-        cells += [pm(s, "kept_object_share")] * has_share + [pm(s, k) for k in kept]
+        cells += [_mean_std(s, f) for f in families] + [_mean_std(s, "accuracy")]
+        cells += [_mean_std(s, "kept_object_share")] * has_share + [_mean_std(s, k) for k in kept]
         cells += [f"{s['vision_tokens']:.0f}", f"{s['forward_flops'] / 1e9:.3f}"]
         cells.append(f"{s['step_seconds'] / none_step:.2f}x" if none_step else f"{s['step_seconds']:.3f} s")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return _table(header, rows)
 
 
 def lost_markdown(summary: list[dict]) -> str:
@@ -123,15 +132,13 @@ def lost_markdown(summary: list[dict]) -> str:
     families = sorted({k.split("/")[1] for s in summary for k in s if k.startswith("lost/") and not k.endswith("_std")})
     header = ["method", "k", "frames", "steps", "seeds"]
     header += [f"{f}: {what}" for f in families for what in ("all object windows pruned", "accuracy on those")]
-    pm = lambda s, k: f"{100 * s[k]:.1f} ± {100 * s[k + '_std']:.1f}" if k in s else "-"
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in summary:
-        if not any(k.startswith("lost/") for k in s):
-            continue
-        cells = [s["method"], f"{s['prune_ratio']:g}", str(s["frames"]), s["steps"], str(s["seeds"])]
-        cells += [pm(s, f"{what}/{f}") for f in families for what in ("lost", "lost_accuracy")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [s["method"], f"{s['prune_ratio']:g}", str(s["frames"]), s["steps"], str(s["seeds"])]
+        + [_mean_std(s, f"{what}/{f}") for f in families for what in ("lost", "lost_accuracy")]
+        for s in summary
+        if any(k.startswith("lost/") for k in s)
+    ]
+    return _table(header, rows)
 
 
 def plot(summary: list[dict], root: str) -> list[str]:
