@@ -11,7 +11,7 @@ Arguments: variant, method, prune_ratio, max_frames (per video; 64 in the paper)
 
 import ml_collections
 
-from stts_jax.configs import parse_arg, train_section
+from stts_jax.train.experiment import parse_arg, train_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -22,10 +22,10 @@ Train (every host runs it):
       --config.data.train_manifest=gs://bucket/nextqa/train.jsonl --config.data.tokenizer=/ckpt/tokenizer.json \
       --config.train.init_from=/ckpt/Molmo2-4B --workdir=gs://bucket/runs/nextqa_k05
 
-Arguments (`:frames=256,...`): those of `stts_jax.configs.molmo2_4b_recipe`.
+Arguments (`:frames=256,...`): those of `stts_jax.train.experiment.molmo2_4b_recipe`.
 """
 
-from stts_jax.configs import molmo2_4b_recipe
+from stts_jax.train.experiment import molmo2_4b_recipe
 
 
 def get_config(arg: str | None = None):

@@ -12,7 +12,7 @@ besides the ones asked about), answer_format (letter | option).
 
 import ml_collections
 
-from stts_jax.configs import parse_arg, train_section
+from stts_jax.train.experiment import parse_arg, train_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -37,10 +37,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from stts_jax.configs import load_config_file
+from stts_jax.train.experiment import load_config_file
 from stts_jax.data.pipeline import as_text
 from stts_jax.evaluate import window_scores
-from stts_jax.export import restore_params, run_config
+from stts_jax.train.checkpoint import run_config
+from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.loop import source, train
 
 logging.set_verbosity(logging.ERROR)  # TFDS narrates every file otherwise

@@ -45,15 +45,16 @@ from jax.experimental import mesh_utils, topologies
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from stts_jax.bench.flops import abstract_batch
-from stts_jax.configs import model_config, pipeline_config
 from stts_jax.data.pipeline import input_seq_len
+from stts_jax.errors import ConfigError
 from stts_jax.models.attention import splash_block_pairs
-from stts_jax.models.config import ConfigError, Molmo2Config
+from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import init_cache
-from stts_jax.models.vlm import Molmo2, VideoBatch
+from stts_jax.train.experiment import model_config, pipeline_config
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MESH_AXES, MeshConfig, batch_sharding, make_mesh, param_shardings, state_shardings
 from stts_jax.train.step import init_state, param_shapes, sharded_train_step
+from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
 
 log = logging.getLogger(__name__)
 
@@ -451,12 +452,12 @@ def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str
 
         def prefill(params, batch):
             cache = init_cache(cfg, w.rows, w.llm_tokens)
-            _, out = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
-            last = jnp.max(jnp.where(out["llm/segment_ids"] != 0, jnp.arange(w.llm_tokens), -1), axis=1)
-            hidden = jnp.take_along_axis(out["llm/hidden"], last[:, None, None], axis=1)
+            _, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+            last = last_token(forward.tokens.segment_ids)
+            hidden = jnp.take_along_axis(forward.hidden, last[:, None, None], axis=1)
             # the full-sequence logits are unused, so XLA drops them: only the last token's are computed
             logits = model.apply({"params": params}, hidden, method=lambda m, h: m.lm_head(h))
-            return logits[:, 0], out["cache"]
+            return logits[:, 0], forward.cache
 
         shardings = param_shardings(params, mesh)
         fn = jax.jit(prefill, in_shardings=(shardings, rows))

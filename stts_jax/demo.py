@@ -19,8 +19,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from stts_jax.evaluate import markdown_table
-from stts_jax.export import export, restore_params
+from stts_jax.export.formats import export
 from stts_jax.sweep import BASE, load_sweep, run_name, run_sweep
+from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.metrics import median_step_seconds
 
 FLAGS = flags.FLAGS

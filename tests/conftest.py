@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def synthetic_config(data_dir, steps, every, **changes):
     """configs/synthetic.py at test sizes (tiny model, 4 frames, 40 training examples); `changes` as
     section__field=value, e.g. stts__method="random"."""
-    from stts_jax.configs import load_config_file
+    from stts_jax.train.experiment import load_config_file
 
     config = load_config_file(os.path.join(ROOT, "configs", "synthetic.py"), "variant=tiny,frames=4")
     config.train.steps, config.train.checkpoint_every, config.train.eval_every = steps, every, 0
@@ -56,8 +56,8 @@ def stts_batch(cfg, rows: list[list[int]], frames: int, seq: int, seed: int = 0)
     import jax.numpy as jnp
     import numpy as np
 
-    from stts_jax.data.pooling import pooling_windows, video_pooling_indices
-    from stts_jax.models.vlm import VideoBatch
+    from stts_jax.vlm.model import VideoBatch
+    from stts_jax.windows import pooling_windows, video_pooling_indices
 
     rng = np.random.default_rng(seed)
     grid = cfg.vision.patch_grid

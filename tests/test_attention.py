@@ -113,9 +113,9 @@ def test_packed_frame_attention_equals_dense_segment_mask(impl):
 
 
 def test_score_bias_rescales_per_frame_and_spares_first_frames():
-    from stts_jax.data.pooling import pooling_windows
     from stts_jax.models.config import STTSConfig
-    from stts_jax.stts.scorer import patch_windows, score_bias
+    from stts_jax.stts.scorer import score_bias
+    from stts_jax.windows import patch_windows, pooling_windows
 
     windows = pooling_windows(7, 7)
     owner = patch_windows(windows, 49)

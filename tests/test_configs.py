@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from stts_jax.configs import model_config, pipeline_config
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
+from stts_jax.train.experiment import model_config, pipeline_config
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 

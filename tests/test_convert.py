@@ -14,7 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from stts_jax.convert.__main__ import main
-from stts_jax.convert.hf import CheckpointError, load_molmo2
+from stts_jax.convert.hf import load_molmo2
+from stts_jax.errors import CheckpointError
 
 
 def test_cli_round_trip_hf_orbax_hf_is_exact(tiny_hf, tmp_path):

@@ -18,11 +18,12 @@ from stts_jax.data.builders import (
     SyntheticBuilderConfig,
     build_synthetic,
 )
-from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch, windows_per_frame
+from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch
 from stts_jax.data.synthetic import COLORS, FAMILIES, QUESTION_WORDS, SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
 from stts_jax.models import get_config
 from stts_jax.stts import budget
+from stts_jax.windows import windows_per_frame
 
 SYNTH = SyntheticConfig(frames=6, size=48, object_size=10)
 
@@ -218,9 +219,9 @@ def test_hosts_read_disjoint_shards(synthetic):
 def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
     """configs/manifest.py end to end at tiny sizes: mp4 files + JSONL + a tokenizer.json file -> TFDS
     -> two training steps with validation -> evaluation of the test split."""
-    from stts_jax.configs import load_config_file
     from stts_jax.evaluate import evaluate
-    from stts_jax.export import restore_params
+    from stts_jax.train.checkpoint import restore_params
+    from stts_jax.train.experiment import load_config_file
     from stts_jax.train.loop import source, train
 
     videos = tmp_path / "videos"

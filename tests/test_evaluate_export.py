@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, synthetic_config
 
-from stts_jax.convert.hf import CheckpointError, hf_video_logits
+from stts_jax.convert.hf import hf_video_logits
+from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
-from stts_jax.export import export, load_export, restore_params
-from stts_jax.models.config import ConfigError
+from stts_jax.export.formats import export, load_export
+from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.loop import source, train
 
 

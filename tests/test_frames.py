@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stts_jax.data.frames import sample_frames, video_patches
-from stts_jax.data.pooling import video_pooling_indices
+from stts_jax.windows import video_pooling_indices
 
 
 @pytest.mark.parametrize("shape", [(3, 240, 320), (2, 500, 380), (1, 378, 378), (2, 100, 90)])

@@ -7,7 +7,7 @@ import pytest
 
 from stts_jax.convert.hf import batch_from_hf_inputs, load_molmo2
 from stts_jax.convert.reference import torch_inputs, video_prompt
-from stts_jax.models.generate import greedy_generate
+from stts_jax.vlm.generate import greedy_generate
 
 torch = pytest.importorskip("torch")
 

@@ -31,7 +31,7 @@ def test_logits_match_transformers(tiny_hf):
 
 
 def test_vision_tower_and_connector_match(tiny_hf):
-    from stts_jax.models.vlm import Molmo2
+    from stts_jax.vlm.model import Molmo2
 
     cfg, model, path = tiny_hf
     loaded_cfg, params = load_molmo2(path)
@@ -43,8 +43,8 @@ def test_vision_tower_and_connector_match(tiny_hf):
         vit = model.model.vision_tower(pt["pixel_values_videos"].float(), output_hidden_states=True)
         video = model.model.get_video_features(pt["pixel_values_videos"], pt["video_token_pooling"], pt["video_grids"])
     # fp32 agreement relative to each tensor's scale (features reach ~100 in this random model)
-    pairs = [(out[f"vit/block_{d}"], vit.hidden_states[d]) for d in loaded_cfg.vit_feature_depths]
-    pairs.append((out["connector/tokens"][0], video.pooler_output[0]))
+    pairs = [(out.out[f"vit/block_{d}"], vit.hidden_states[d]) for d in loaded_cfg.vit_feature_depths]
+    pairs.append((out.out["connector/tokens"][0], video.pooler_output[0]))
     for ours, theirs in pairs:
         ours, theirs = np.asarray(ours), theirs.numpy()
         assert ours.shape == theirs.shape

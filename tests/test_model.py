@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from stts_jax.convert.hf import abstract_params
-from stts_jax.models import Molmo2, VideoBatch, get_config
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
+from stts_jax.models import get_config
+from stts_jax.vlm.model import Molmo2, VideoBatch
 
 
 def _count(tree) -> int:
@@ -34,7 +35,7 @@ def test_published_sizes_match_transformers_parameter_count(variant):
 
 def random_batch(cfg, rng, batch=2, frames=2, seq=40, windows=None):
     rows, cols = cfg.vision.patch_grid
-    from stts_jax.data.pooling import video_pooling_indices
+    from stts_jax.windows import video_pooling_indices
 
     idx = video_pooling_indices(frames, rows, cols)
     ids = rng.integers(0, cfg.text.vocab_size, size=(batch, seq)).astype(np.int32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stts_jax.data.pooling import pooling_windows, video_pooling_indices
+from stts_jax.windows import pooling_windows, video_pooling_indices
 
 
 @pytest.mark.parametrize("rows,cols", [(27, 27), (7, 7), (8, 5), (3, 3), (1, 4)])

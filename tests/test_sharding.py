@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, spec_for
 
 

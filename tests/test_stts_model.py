@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from conftest import stts_batch
 
-from stts_jax.data.pooling import pooling_windows
-from stts_jax.models import Molmo2, get_config
-from stts_jax.models.config import ConfigError, STTSConfig
+from stts_jax.errors import ConfigError
+from stts_jax.models import get_config
+from stts_jax.models.config import STTSConfig
+from stts_jax.models.llm import TokenSequence
 from stts_jax.models.vit import VisionTransformer
-from stts_jax.stts.scorer import patch_windows
+from stts_jax.vlm.model import Molmo2
+from stts_jax.windows import patch_windows, pooling_windows
 
 ROWS = [[3, 1], [2]]  # row 0 packs a 3-frame video and an image; row 1 has one video and a padding slot
 FRAMES, SEQ = 4, 96
@@ -41,11 +43,11 @@ def setup():
 def test_packed_blocks_equal_dense_reference_on_kept_tokens(setup):
     cfg, batch, params = setup
     logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
-    keep = np.asarray(out["stts/keep"])
+    keep = np.asarray(out.pruned.keep)
     b, f = keep.shape[:2]
     # 9 windows per frame: row 0 keeps 27 - floor(13.5) of its 3-frame video + all 9 of the image;
     # row 1 keeps 18 - 9 of its 2-frame video.
-    np.testing.assert_array_equal(np.asarray(out["stts/kept_windows"]), [14 + 9, 9])
+    np.testing.assert_array_equal(np.asarray(out.out["stts/kept_windows"]), [14 + 9, 9])
     rows, cols = cfg.vision.patch_grid
     patch_keep = keep[:, :, patch_windows(pooling_windows(rows, cols), rows * cols)].reshape(b * f, -1)
     # Dense reference: blocks l+2.. over every patch, keys restricted to kept patches of the same frame.
@@ -53,14 +55,14 @@ def test_packed_blocks_equal_dense_reference_on_kept_tokens(setup):
     start = cfg.stts.layer + 2
     dense, _ = VisionTransformer(cfg).apply(
         {"params": params["vit"]},
-        out[f"vit/block_{start}"],
+        out.out[f"vit/block_{start}"],
         start,
         cfg.vit_depth,
         (),
         mask=mask,
         method=VisionTransformer.run,
     )
-    packed = np.asarray(out[f"vit/block_{cfg.vit_depth}"])
+    packed = np.asarray(out.out[f"vit/block_{cfg.vit_depth}"])
     np.testing.assert_allclose(packed[patch_keep], np.asarray(dense)[patch_keep], atol=1e-5)
     assert (packed[~patch_keep] == 0).all()
 
@@ -94,10 +96,10 @@ def test_in_graph_removal_equals_host_built_sequence(policy):
     model = Molmo2(cfg)
     params = jax.jit(model.init)({"params": jax.random.key(0), **RNG}, batch)["params"]
     logits, out = jax.jit(lambda p, b: model.apply({"params": p}, b, rngs=RNG))(params, batch)
-    assert logits.shape[1] == 64 and not np.asarray(out["stts/llm_overflow"]).any()
-    tokens = _host_shortened(cfg, batch, out["stts/keep"], 64)
+    assert logits.shape[1] == 64 and not np.asarray(out.compacted.llm_overflow).any()
+    tokens = _host_shortened(cfg, batch, out.pruned.keep, 64)
     if policy == "keep":  # original positions of the surviving tokens, gathered on the host
-        keep_mask = np.asarray(out["stts/keep"]).reshape(2, -1)
+        keep_mask = np.asarray(out.pruned.keep).reshape(2, -1)
         ids, segs, pos = (np.asarray(x) for x in (batch.input_ids, batch.segment_ids, batch.positions))
         rank = np.cumsum(ids == cfg.image_patch_id, axis=1) - 1
         survive = (segs != 0) & ((ids != cfg.image_patch_id) | np.take_along_axis(keep_mask, np.maximum(rank, 0), 1))
@@ -106,8 +108,8 @@ def test_in_graph_removal_equals_host_built_sequence(policy):
             kept_pos[r, : survive[r].sum()] = pos[r][survive[r]]
         tokens["positions"] = jnp.asarray(kept_pos)
     for name in ("input_ids", "segment_ids", "positions"):
-        np.testing.assert_array_equal(np.asarray(out[f"llm/{name}"]), np.asarray(tokens[name]), err_msg=name)
-    reference, _, _ = model.apply({"params": params}, tokens, out["connector/tokens"], method=Molmo2.llm)
+        np.testing.assert_array_equal(np.asarray(getattr(out.tokens, name)), np.asarray(tokens[name]), err_msg=name)
+    reference, _, _ = model.apply({"params": params}, TokenSequence(**tokens), out.pruned.tokens, method=Molmo2.llm)
     real = np.asarray(tokens["segment_ids"]) != 0
     np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(reference)[real], atol=1e-5)
 
@@ -118,17 +120,17 @@ def test_overflow_is_reported():
     batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
     params = jax.jit(Molmo2(cfg).init)({"params": jax.random.key(0), **RNG}, batch)["params"]
     _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch, rngs=RNG))(params)
-    np.testing.assert_array_equal(np.asarray(out["stts/llm_overflow"]), [True, False])
+    np.testing.assert_array_equal(np.asarray(out.compacted.llm_overflow), [True, False])
     # Row 0 packs two videos (3 frames + an image) while the buffer is sized for one: 23 > 18.
-    np.testing.assert_array_equal(np.asarray(out["stts/vit_overflow"]), [True, False])
-    np.testing.assert_array_equal(np.asarray(out["stts/placeholder_mismatch"]), [False, False])
+    np.testing.assert_array_equal(np.asarray(out.pruned.vit_overflow), [True, False])
+    np.testing.assert_array_equal(np.asarray(out.compacted.placeholder_mismatch), [False, False])
     # A row whose prompt lost placeholders (a truncated prompt) no longer matches its frames.
     ids = np.asarray(batch.input_ids).copy()
     ids[1, np.flatnonzero(ids[1] == cfg.image_patch_id)[:3]] = 7
     _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch.replace(input_ids=jnp.asarray(ids)), rngs=RNG))(
         params
     )
-    np.testing.assert_array_equal(np.asarray(out["stts/placeholder_mismatch"]), [False, True])
+    np.testing.assert_array_equal(np.asarray(out.compacted.placeholder_mismatch), [False, True])
 
 
 def test_zero_ratio_through_the_pruning_path_reproduces_the_unpruned_model():
@@ -139,7 +141,7 @@ def test_zero_ratio_through_the_pruning_path_reproduces_the_unpruned_model():
     for method in ("random", "heuristic"):
         cfg = stts_config(method=method, prune_ratio=0.0)
         logits, out = jax.jit(lambda p, b, cfg=cfg: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
-        assert np.asarray(out["stts/keep"])[np.asarray(batch.frame_video_ids) > 0].all()
+        assert np.asarray(out.pruned.keep)[np.asarray(batch.frame_video_ids) > 0].all()
         real = np.asarray(batch.segment_ids) != 0
         np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
 
@@ -147,8 +149,8 @@ def test_zero_ratio_through_the_pruning_path_reproduces_the_unpruned_model():
 def _scorer_grads(cfg, params, batch, loss_kind):
     def loss(p):
         logits, out = Molmo2(cfg).apply({"params": p}, batch, rngs=RNG)
-        task = jnp.mean(jax.nn.log_softmax(logits)[..., 0] * (out["llm/segment_ids"] > 0))
-        return task if loss_kind == "task" else out["stts/aux_loss"]
+        task = jnp.mean(jax.nn.log_softmax(logits)[..., 0] * (out.tokens.segment_ids > 0))
+        return task if loss_kind == "task" else out.pruned.aux_loss
 
     grads = jax.jit(jax.grad(loss))(params)["scorer"]
     return max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
@@ -191,12 +193,12 @@ def test_bad_stts_configs_name_the_field():
 
 
 def test_generation_after_pruning_continues_the_compacted_prompt(setup):
-    from stts_jax.models.generate import greedy_generate
+    from stts_jax.vlm.generate import greedy_generate
 
     cfg, batch, params = setup
     cfg = dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, llm_seq_len=64))
     logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
-    last = np.asarray((out["llm/segment_ids"] != 0).sum(-1) - 1)
+    last = np.asarray((out.tokens.segment_ids != 0).sum(-1) - 1)
     expected_first = np.asarray(logits)[np.arange(2), last].argmax(-1)
     tokens = np.asarray(greedy_generate(cfg, params, batch, 4))
     np.testing.assert_array_equal(tokens[:, 0], expected_first)

@@ -9,7 +9,7 @@ import shlex
 import pytest
 from conftest import ROOT
 
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
 from stts_jax.sweep import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep, stages
 from stts_jax.sweep.aggregate import aggregate
 

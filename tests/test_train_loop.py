@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from conftest import synthetic_config as load_config
 
-from stts_jax.convert.hf import CheckpointError
+from stts_jax.errors import CheckpointError
 from stts_jax.train import checkpoint
 from stts_jax.train.loop import train
 
@@ -110,8 +110,8 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from stts_jax.configs import model_config
     from stts_jax.convert.hf import abstract_params, save_molmo2
+    from stts_jax.train.experiment import model_config
 
     config = load_config(data_dir, 2, 2, train__eval_every=1, train__eval_batches=2)
     config.train.optimizer.freeze = ["(vit|connector|text|lm_head)/.*"]

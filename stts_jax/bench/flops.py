@@ -16,9 +16,10 @@ import jax
 
 from stts_jax.bench import report
 from stts_jax.bench.workload import abstract_batch, method_config, packing_efficiency, prompt_length, scorer_inputs
-from stts_jax.models import Molmo2, VideoBatch, get_config
+from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts.scorer import Scorer
+from stts_jax.vlm.model import Molmo2, VideoBatch
 
 __all__ = ["abstract_batch", "forward_flops", "prompt_length", "rows", "scorer_flops"]
 

@@ -23,7 +23,8 @@ import numpy as np
 from stts_jax.bench import report
 from stts_jax.convert.hf import batch_from_hf_inputs, load_molmo2
 from stts_jax.convert.reference import random_hf_molmo2, torch_inputs, video_prompt
-from stts_jax.models import Molmo2, get_config
+from stts_jax.models import get_config
+from stts_jax.vlm.model import Molmo2
 
 PROGRAMS = ("jax, layers scanned", "jax, layers unrolled", "pytorch eager")
 

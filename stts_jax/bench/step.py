@@ -32,25 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from stts_jax.bench import report, workload
-from stts_jax.models import Molmo2, VideoBatch, get_config
+from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import init_cache
 from stts_jax.stts.scorer import Scorer
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.step import TrainState, train_step
+from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
 
 Array = jax.Array
 STTS_RNG = {"stts": jax.random.key(0)}
-
-
-def llm_length(cfg: Molmo2Config, batch: VideoBatch) -> int:
-    return (cfg.stts.llm_seq_len or batch.input_ids.shape[1]) if cfg.stts.prunes else batch.input_ids.shape[1]
-
-
-def _next_token_logits(logits: Array, segment_ids: Array) -> Array:
-    """[batch, seq, vocab] -> the logits after each row's last real token [batch, vocab]."""
-    last = jnp.max(jnp.where(segment_ids != 0, jnp.arange(segment_ids.shape[1]), -1), axis=1)
-    return logits[jnp.arange(logits.shape[0]), last]
 
 
 def prefill_fn(cfg: Molmo2Config) -> Callable:
@@ -58,9 +49,9 @@ def prefill_fn(cfg: Molmo2Config) -> Callable:
     model = Molmo2(cfg)
 
     def prefill(params, batch: VideoBatch):
-        cache = init_cache(cfg, batch.input_ids.shape[0], llm_length(cfg, batch))
-        logits, out = model.apply({"params": params}, batch, cache, rngs=STTS_RNG)
-        return _next_token_logits(logits, out["llm/segment_ids"]), out["cache"]
+        cache = init_cache(cfg, batch.input_ids.shape[0], cfg.stts.llm_length(batch.input_ids.shape[1]))
+        logits, forward = model.apply({"params": params}, batch, cache, rngs=STTS_RNG)
+        return forward.next_token_logits(logits), forward.cache
 
     return prefill
 
@@ -70,7 +61,7 @@ def encode_fn(cfg: Molmo2Config) -> Callable:
     model = Molmo2(cfg)
 
     def encode(params, batch: VideoBatch):
-        tokens, video, _ = model.apply({"params": params}, batch, method=Molmo2.prepare, rngs=STTS_RNG)
+        tokens, video, *_ = model.apply({"params": params}, batch, method=Molmo2.prepare, rngs=STTS_RNG)
         return tokens, video
 
     return encode
@@ -81,9 +72,9 @@ def llm_prefill_fn(cfg: Molmo2Config) -> Callable:
     model = Molmo2(cfg)
 
     def llm_prefill(params, tokens: dict[str, Array], video: Array):
-        cache = init_cache(cfg, video.shape[0], tokens["input_ids"].shape[1])
+        cache = init_cache(cfg, video.shape[0], tokens.input_ids.shape[1])
         logits, _, cache = model.apply({"params": params}, tokens, video, cache, method=Molmo2.llm)
-        return _next_token_logits(logits, tokens["segment_ids"]), cache
+        return logits[jnp.arange(logits.shape[0]), last_token(tokens.segment_ids)], cache
 
     return llm_prefill
 
@@ -243,7 +234,7 @@ def measure(
                 "prune_ratio": 0.0 if k is None else k,
                 "method": cfg.stts.method,
                 "mode": mode,
-                "llm_tokens": llm_length(cfg, batch),
+                "llm_tokens": cfg.stts.llm_length(batch.input_ids.shape[1]),
                 "flops": program["flops"],
                 "seconds_per_step": float(np.median(times[name])),
                 "seconds": times[name],

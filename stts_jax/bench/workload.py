@@ -12,17 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stts_jax.data.pooling import pooling_windows, video_pooling_indices
 from stts_jax.models.config import Molmo2Config
-from stts_jax.models.vlm import VideoBatch
 from stts_jax.stts import budget, packing
+from stts_jax.vlm.model import VideoBatch
+from stts_jax.windows import frame_windows, pooling_windows, video_pooling_indices, windows_per_frame
 
 TIMESTAMP_TOKENS = 3  # "12.5 " is about three tokens before each frame
 ANSWER_TOKENS = 4
-
-
-def windows_per_frame(cfg: Molmo2Config) -> int:
-    return len(pooling_windows(*cfg.vision.patch_grid, *cfg.adapter.pooling_size))
 
 
 def prompt_length(cfg: Molmo2Config, frames: int, text_tokens: int) -> int:
@@ -77,7 +73,7 @@ def scorer_inputs(
 ) -> tuple[jax.ShapeDtypeStruct, np.ndarray, jax.ShapeDtypeStruct]:
     """What the scorer sees: block-l features per window [batch, frames, windows, window, hidden] (abstract),
     the static window validity, and the frame times."""
-    windows = pooling_windows(*cfg.vision.patch_grid, *cfg.adapter.pooling_size)
+    windows = frame_windows(cfg)
     patches = jax.ShapeDtypeStruct((batch, frames, *windows.shape, cfg.vision.hidden_size), jnp.dtype(cfg.dtype))
     times = jax.ShapeDtypeStruct((batch, frames), jnp.int32)
     return patches, np.asarray(windows >= 0), times

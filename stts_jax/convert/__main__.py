@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stts_jax.convert.hf import CheckpointError, load_molmo2, save_molmo2
+from stts_jax.convert.hf import load_molmo2, save_molmo2
 from stts_jax.convert.orbax_params import load_params, save_params
+from stts_jax.errors import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,20 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stts_jax.models.config import ConfigError, Molmo2Config
-from stts_jax.models.vlm import Molmo2, VideoBatch
+from stts_jax.errors import CheckpointError, ConfigError
+from stts_jax.models.config import Molmo2Config
+from stts_jax.vlm.model import Molmo2, VideoBatch
 
-CONFIG_FILE = "config.json"
+HF_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 VIT = "model.vision_backbone.image_vit."
 ADAPTER = "model.vision_backbone."
 LLM = "model.transformer."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not match the model; the message names the file or tensor and the fix."""
 
 
 # -- the tensor mapping -----------------------------------------------------------------------------------
@@ -228,7 +225,7 @@ def hf_to_params(cfg: Molmo2Config, tensors: Mapping[str, np.ndarray], source: s
 
 
 def read_config(path: str, **runtime: Any) -> Molmo2Config:
-    config_path = os.path.join(path, CONFIG_FILE)
+    config_path = os.path.join(path, HF_CONFIG_FILE)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path!r} is not a directory. Pass the folder save_pretrained wrote.")
     if not os.path.exists(config_path):
@@ -313,7 +310,7 @@ def save_molmo2(cfg: Molmo2Config, params: Mapping, path: str, max_shard_bytes: 
         total = sum(v.nbytes for v in tensors.values())
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2)
 
 

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from stts_jax.convert.hf import CONFIG_FILE, CheckpointError, abstract_params, read_config
+from stts_jax.convert.hf import HF_CONFIG_FILE, abstract_params, read_config
+from stts_jax.errors import CheckpointError
 from stts_jax.models.config import Molmo2Config
 
 PARAMS_DIR = "params"
@@ -27,7 +28,7 @@ def save_params(cfg: Molmo2Config, params: Any, path: str, dtype: str | None = N
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(path, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2)
 
 

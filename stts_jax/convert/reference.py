@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stts_jax.data.pooling import pooling_windows, video_pooling_indices
 from stts_jax.models.config import Molmo2Config
+from stts_jax.windows import pooling_windows, video_pooling_indices
 
 
 def random_hf_molmo2(cfg: Molmo2Config, seed: int = 0):

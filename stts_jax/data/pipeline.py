@@ -24,11 +24,11 @@ from grain.experimental import FirstFitPackIterDataset
 from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
-from stts_jax.data.pooling import pooling_windows, video_pooling_indices
 from stts_jax.data.prompt import video_prompt
 from stts_jax.models.config import Molmo2Config
-from stts_jax.models.vlm import VideoBatch
 from stts_jax.stts import budget
+from stts_jax.vlm.model import VideoBatch
+from stts_jax.windows import video_pooling_indices, windows_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ class PipelineConfig:
     answer_format: str = "letter"  # multiple choice answered with the option's "letter" or its words ("option")
     worker_count: int = 0  # grain worker processes that prefetch batches (0: in this process; skip
     # counters in `Preprocess.skipped` then live in the workers, which log each skip)
-
-
-def windows_per_frame(cfg: Molmo2Config) -> int:
-    return len(pooling_windows(*cfg.vision.patch_grid, *cfg.adapter.pooling_size))
 
 
 def input_seq_len(cfg: Molmo2Config, p: PipelineConfig) -> int:

@@ -26,14 +26,15 @@ import tqdm
 from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
-from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text, windows_per_frame
-from stts_jax.data.pooling import pooling_windows, video_pooling_indices
+from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text
 from stts_jax.data.prompt import answer_text
 from stts_jax.data.tokenizer import token_id
-from stts_jax.models.config import ConfigError, Molmo2Config
-from stts_jax.models.generate import generate_and_score
-from stts_jax.models.vlm import Molmo2, VideoBatch
+from stts_jax.errors import ConfigError
+from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
+from stts_jax.vlm.generate import generate_and_score
+from stts_jax.vlm.model import Molmo2, VideoBatch
+from stts_jax.windows import pooling_windows, video_pooling_indices, windows_per_frame
 
 SCORING = ("generate", "likelihood")
 
@@ -47,6 +48,17 @@ def frames_for_equal_tokens(prune_ratio: float, base_frames: int, windows: int =
     while budget.kept_windows(frames, windows, prune_ratio) < base_frames * windows:
         frames += 1
     return frames
+
+
+def scaled_frames(cfg: Molmo2Config, config: ml_collections.ConfigDict) -> int:
+    """Test-time scaling of the experiment `config`'s data for the model `cfg`: the frames per video whose
+    kept vision tokens at cfg's ratio reach the unpruned model's at the configured frame count, counted in
+    the model's own windows per frame (81 at Molmo2 sizes, 9 for `tiny`). A method that keeps fewer tokens
+    by ratio k (`fewer_frames` included) scales by k; `none` keeps the frames."""
+    data = config.data
+    base = data.frames if data.dataset == "synthetic_video_qa" else data.video_frames
+    ratio = cfg.stts.prune_ratio if cfg.stts.method != "none" else 0.0
+    return frames_for_equal_tokens(ratio, base, windows_per_frame(cfg))
 
 
 def scaled_data(config: ml_collections.ConfigDict, frames: int | None, split: str) -> ml_collections.ConfigDict:
@@ -167,11 +179,11 @@ def evaluate(
     source has object masks and the model prunes, "kept_object_share": the share of object windows
     (frames after the first) that the pruning keeps, overall, per family and per example."""
     examples = _examples(source, cfg, tokenizer, limit, answer_format)
+    if not examples:
+        raise ValueError("the evaluation split is empty.")
     end = token_id(tokenizer, "<|im_end|>")
     num_options = max(len(e.options) for e in examples)
     answer_len = max(len(o) for e in examples for o in e.options)
-    if not examples:
-        raise ValueError("the evaluation split is empty.")
     seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
     frame_slots = max(len(e.pixels) for e in examples)
     run_cfg = cfg
@@ -237,8 +249,8 @@ def evaluate(
 @functools.partial(jax.jit, static_argnames="cfg")
 def _scores_and_keep(cfg: Molmo2Config, params, batch: VideoBatch) -> tuple[jax.Array, jax.Array]:
     """Window scores and kept windows [batch, frames, windows] (the same draw as generation's)."""
-    _, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.key(0)})
-    return out["stts/scores"], out["stts/keep"]
+    _, forward = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.key(0)})
+    return forward.out["stts/scores"], forward.pruned.keep
 
 
 def _keep(cfg: Molmo2Config, params, batch: VideoBatch) -> jax.Array:

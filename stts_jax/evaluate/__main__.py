@@ -17,9 +17,10 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from stts_jax.evaluate import SCORING, evaluate, frames_for_equal_tokens, markdown_table, scaled_data
-from stts_jax.export import load_export, restore_params, run_config
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
+from stts_jax.evaluate import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
+from stts_jax.export.formats import load_export
+from stts_jax.train.checkpoint import restore_params, run_config
 from stts_jax.train.loop import source
 
 FLAGS = flags.FLAGS
@@ -61,8 +62,7 @@ def main(argv):
         params = {k: v for k, v in params.items() if k != "scorer"}
     frames = FLAGS.frames
     if FLAGS.test_time_scaling:
-        base = config.data.frames if config.data.dataset == "synthetic_video_qa" else config.data.video_frames
-        frames = frames_for_equal_tokens(cfg.stts.prune_ratio if cfg.stts.prunes else 0.0, base)
+        frames = scaled_frames(cfg, config)
     data_config = scaled_data(config, frames, FLAGS.split)
     split_source, tokenizer = source(data_config, FLAGS.split)
     answer_format = data_config.data.get("answer_format", "letter")

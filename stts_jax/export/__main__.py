@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from stts_jax.export import FORMATS, export, restore_params
+from stts_jax.export.formats import FORMATS, export
+from stts_jax.train.checkpoint import restore_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "the training run's directory")

@@ -1,6 +1,5 @@
-"""Molmo2 in Flax Linen: config, attention, ViT, connector, LLM, the VLM and generation."""
+"""Molmo2's parts in Flax Linen: config, attention, layers, ViT, connector, LLM (the VLM is `stts_jax.vlm`)."""
 
-from stts_jax.models.config import ConfigError, Molmo2Config, get_config
-from stts_jax.models.vlm import Molmo2, VideoBatch
+from stts_jax.models.config import Molmo2Config, get_config
 
-__all__ = ["ConfigError", "Molmo2", "Molmo2Config", "VideoBatch", "get_config"]
+__all__ = ["Molmo2Config", "get_config"]

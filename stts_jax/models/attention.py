@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from stts_jax.sharding_rules import LOGICAL_RULES
+
 Array = jax.Array
 
 
@@ -136,6 +138,11 @@ def attend_segments(query: Array, key: Array, value: Array, segments: SegmentMas
     return attend(query, key, value, mask=make_attention_mask(segments), impl=impl)
 
 
+def chunk_size(patches_per_frame: int) -> int:
+    """Attention chunk: the frame size rounded up to the 128-lane tile (729 -> 768)."""
+    return -(-patches_per_frame // 128) * 128
+
+
 def attend_packed_frames(
     query: Array, key: Array, value: Array, segment_ids: Array, frame_len: int, impl: str
 ) -> Array:
@@ -148,8 +155,6 @@ def attend_packed_frames(
     """
     if impl == "splash":
         return splash_attention(query, key, value, SegmentMask.self_attention(segment_ids, causal=False), frame_len)
-    from stts_jax.stts.packing import chunk_size
-
     b, s, h, d = query.shape
     c = chunk_size(frame_len)
     n = s // c
@@ -322,15 +327,13 @@ def _splash_per_shard(masks, q, keys, values, q_ids, kv_ids, q_valid) -> Array:
 
     XLA cannot partition a Mosaic kernel, so a program for several devices must call it inside a
     `shard_map`. Rows are split like the "batch" logical axis and heads like "heads" (the rules
-    table of `stts_jax.train.sharding`), over the mesh axes that divide them; other axes replicate.
+    table of `stts_jax.sharding_rules`), over the mesh axes that divide them; other axes replicate.
     The mesh comes from `jax.set_mesh` / `jax.sharding.use_abstract_mesh` around the trace.
     """
     mesh = jax.sharding.get_abstract_mesh()
     run = functools.partial(_splash_passes, masks)
     if mesh.empty or mesh.size == 1:
         return run(q, keys, values, q_ids, kv_ids, q_valid)
-    from stts_jax.train.sharding import LOGICAL_RULES
-
     rules = dict(LOGICAL_RULES)
 
     def dividing(logical: str, size: int) -> tuple[str, ...]:

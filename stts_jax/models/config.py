@@ -11,16 +11,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from stts_jax.errors import ConfigError
+
 ATTENTION_IMPLS = ("xla", "jax", "splash")
 STTS_METHODS = ("none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames")
 PRUNING_METHODS = ("random", "heuristic", "stts", "stts_no_aux")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ROPE_TYPES = ("default", "linear", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A configuration value is impossible; the message names the field and the fix."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -129,6 +127,11 @@ class STTSConfig:
     @property
     def prunes(self) -> bool:
         return self.method in PRUNING_METHODS
+
+    def llm_length(self, input_length: int) -> int:
+        """The static length of the sequence the LLM runs on, for inputs of `input_length` tokens: the
+        compacted length (`llm_seq_len`, default the input's) when the model prunes."""
+        return (self.llm_seq_len or input_length) if self.prunes else input_length
 
     @property
     def uses_scorer(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,17 @@ from stts_jax.models.config import Molmo2Config, TextConfig
 from stts_jax.models.layers import RMSNorm, SwiGLU, dtypes, init_stacked, run_stack
 
 Array = jax.Array
+
+
+@flax.struct.dataclass
+class TokenSequence:
+    """The LLM's token arrays, in the packing contract: input_ids [batch, seq] (image_patch_id at the
+    placeholders of vision tokens); segment_ids [batch, seq], the example of each token, 0 = padding;
+    positions [batch, seq], restarting per example."""
+
+    input_ids: Array
+    segment_ids: Array
+    positions: Array
 
 
 def rope_frequencies(t: TextConfig, scaled: bool) -> tuple[np.ndarray, float]:

@@ -14,12 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stts_jax.models.attention import chunk_size
+
 Array = jax.Array
-
-
-def chunk_size(patches_per_frame: int) -> int:
-    """Attention chunk: the frame size rounded up to the 128-lane tile (729 -> 768)."""
-    return -(-patches_per_frame // 128) * 128
 
 
 def buffer_size(kept_window_capacity: int, window: int, patches_per_frame: int) -> int:

@@ -82,15 +82,6 @@ def aux_loss(scores: Array, target: Array, frame_times: Array, frame_real: Array
     return sq.sum() / jnp.maximum(counted.sum() * scores.shape[-1], 1)
 
 
-def patch_windows(window_idx: np.ndarray, num_patches: int) -> np.ndarray:
-    """[num_patches] int: the window each patch belongs to (Molmo2's windows partition the grid)."""
-    owner = np.full(num_patches, -1, np.int32)
-    for w, row in enumerate(window_idx):
-        owner[row[row >= 0]] = w
-    assert (owner >= 0).all(), "every patch must belong to a window"
-    return owner
-
-
 def score_bias(
     scores: Array, patch_window: np.ndarray, grid: tuple[int, int], frame_times: Array, frame_real: Array, cfg
 ) -> Array:

@@ -20,8 +20,8 @@ from typing import Any
 
 import ml_collections
 
-from stts_jax.configs import load_config_file, model_config, pipeline_config
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
+from stts_jax.train.experiment import load_config_file, model_config, pipeline_config
 
 SHORT = {
     "stts.method": "method",
@@ -172,7 +172,7 @@ def run_sweep(
     """Trains and evaluates every run under `root` (skipping finished work; the `base` run first);
     returns the run names."""
     from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
-    from stts_jax.export import restore_params
+    from stts_jax.train.checkpoint import restore_params
     from stts_jax.train.loop import source, train
 
     runs_planned = plan(config_arg, runs, fixed, base, root)
@@ -203,7 +203,7 @@ def run_sweep(
 
 
 def _windows(config: ml_collections.ConfigDict) -> int:
-    from stts_jax.data.pipeline import windows_per_frame
+    from stts_jax.windows import windows_per_frame
 
     return windows_per_frame(model_config(config))
 

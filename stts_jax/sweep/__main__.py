@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
 from stts_jax.sweep import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
 
 FLAGS = flags.FLAGS

@@ -7,14 +7,21 @@ a run resumes on another mesh. A checkpoint of another model shape is refused wi
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stts_jax.convert.hf import CheckpointError
+from stts_jax.errors import CheckpointError
+from stts_jax.models.config import Molmo2Config
+from stts_jax.train.experiment import model_config
+
+RUN_CONFIG_FILE = "config.json"  # the run's experiment config, beside checkpoints/
 
 
 def workdir_path(workdir: str) -> epath.Path:
@@ -58,3 +65,25 @@ def restore(mgr: ocp.CheckpointManager, state_shape, shardings, iterator):
         ),
     )
     return restored["state"]
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The experiment config a training run wrote into its workdir."""
+    path = workdir_path(workdir) / RUN_CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} not found: --workdir must be a directory written by `python -m stts_jax.train`.")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[Molmo2Config, dict, int]:
+    """(model config, params as host arrays, step) of a run's checkpoint; the latest if `step` is None."""
+    cfg = model_config(run_config(workdir))
+    mgr = manager(workdir)
+    saved = sorted(mgr.all_steps())
+    if not saved:
+        raise CheckpointError(f"{workdir}/checkpoints holds no checkpoint; train first or check --workdir.")
+    step = saved[-1] if step is None else step
+    if step not in saved:
+        raise CheckpointError(f"step {step} was never saved in {workdir} (saved: {saved}); pass one of those.")
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return cfg, jax.tree.map(np.asarray, restored["state"]["params"]), step

@@ -24,25 +24,20 @@ import tensorflow_datasets as tfds
 import tqdm
 from jax.experimental import multihost_utils
 
-from stts_jax.configs import model_config, pipeline_config
-from stts_jax.convert.hf import CheckpointError, load_molmo2
+from stts_jax.convert.hf import load_molmo2
 from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import make_dataset, to_model_batch
 from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
 from stts_jax.data.tokenizer import load_tokenizer, synthetic_tokenizer
+from stts_jax.errors import CheckpointError, TrainingError
 from stts_jax.train import checkpoint
+from stts_jax.train.experiment import model_config, pipeline_config
 from stts_jax.train.metrics import MetricsWriter
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from stts_jax.train.step import init_state, param_shapes, sharded_eval_step, sharded_init, sharded_train_step
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"  # the run's experiment config, beside checkpoints/
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
 
 
 def _prepare_once(build) -> None:
@@ -100,9 +95,7 @@ def source(config: ml_collections.ConfigDict, split: str):
 def _pretrained(path: str) -> dict:
     """Flat parameters of a training run's workdir (its latest checkpoint) or a Hugging Face Molmo2 directory."""
     if (checkpoint.workdir_path(path) / "checkpoints").exists():
-        from stts_jax.export import restore_params  # export builds on this module's checkpoints
-
-        _, params, step = restore_params(path)
+        _, params, step = checkpoint.restore_params(path)
         log.info("starting from step %d of the run in %s", step, path)
     else:
         _, params = load_molmo2(path)
@@ -210,7 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     if jax.process_index() == 0:  # what evaluate / export rebuild the model from
-        (checkpoint.workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
+        (checkpoint.workdir_path(workdir) / checkpoint.RUN_CONFIG_FILE).write_text(config.to_json(indent=2))
     metrics: dict = {}
     try:
         step = int(state.step)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stts_jax.stts.pruning import gather_tokens
+from stts_jax.vlm.model import Forward
 
 
 def answer_target_mask(targets, segment_ids):
@@ -49,17 +49,17 @@ def example_accuracy(mask, correct, segment_ids):
     return (has_answer > 0).sum(), ((has_answer > 0) & (any_wrong <= 0)).sum()
 
 
-def training_loss(logits, out: dict, batch, targets, aux_weight: float, normalizer=None):
+def training_loss(logits, forward: Forward, batch, targets, aux_weight: float, normalizer=None):
     """Loss on the sequence the LLM ran on (compacted if the model pruned) + aux_weight x aux loss."""
-    if "llm/source_index" in out:  # the model removed pruned placeholders; targets follow the same gather
-        targets = gather_tokens(targets, out["llm/source_index"])
-    ce, metrics = answer_cross_entropy(logits, out["llm/input_ids"], targets, out["llm/segment_ids"], normalizer)
-    aux = out.get("stts/aux_loss", jnp.zeros(()))
-    metrics.update({"answer_loss": ce, "aux_loss": aux, "llm_tokens": (out["llm/segment_ids"] > 0).sum()})
-    if "stts/keep" in out:
+    tokens = forward.tokens
+    ce, metrics = answer_cross_entropy(
+        logits, tokens.input_ids, forward.follow(targets), tokens.segment_ids, normalizer
+    )
+    aux = forward.aux_loss
+    metrics.update({"answer_loss": ce, "aux_loss": aux, "llm_tokens": (tokens.segment_ids > 0).sum()})
+    if forward.pruned is not None:
+        keep = forward.pruned.keep
         real = batch.frame_video_ids > 0
-        metrics["kept_window_ratio"] = out["stts/keep"].sum() / jnp.maximum(real.sum() * out["stts/keep"].shape[2], 1)
-        metrics["overflow_rows"] = (
-            out["stts/vit_overflow"] | out["stts/llm_overflow"] | out["stts/placeholder_mismatch"]
-        ).sum()
+        metrics["kept_window_ratio"] = keep.sum() / jnp.maximum(real.sum() * keep.shape[2], 1)
+        metrics["overflow_rows"] = forward.overflow.sum()
     return ce + aux_weight * aux, metrics

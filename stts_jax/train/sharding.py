@@ -14,21 +14,9 @@ import re
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from stts_jax.models.config import ConfigError
+from stts_jax.errors import ConfigError
+from stts_jax.sharding_rules import LOGICAL_RULES, MESH_AXES
 from stts_jax.train.optimizer import param_path
-
-MESH_AXES = ("data", "fsdp", "tensor")
-
-# logical axis -> mesh axes (in order); None = replicated
-LOGICAL_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("embed", ("fsdp",)),
-    ("mlp", ("tensor",)),
-    ("heads", ("tensor",)),
-    ("vocab", ("tensor",)),
-    ("layers", None),
-    ("norm", None),
-)
 
 # (path regex, logical axes of the unstacked parameter); first match wins
 _PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (

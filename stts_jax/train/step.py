@@ -11,8 +11,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stts_jax.models.config import Molmo2Config
-from stts_jax.models.vlm import Molmo2, VideoBatch
 from stts_jax.train.loss import answer_target_mask, training_loss
+from stts_jax.vlm.model import Molmo2, VideoBatch
 
 Array = jax.Array
 

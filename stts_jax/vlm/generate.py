@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from stts_jax.models.attention import SegmentMask
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import init_cache
-from stts_jax.models.vlm import Molmo2, VideoBatch
+from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
 
 Array = jax.Array
 
@@ -20,15 +20,15 @@ def _prefill(cfg: Molmo2Config, params, batch: VideoBatch, new_slots: int) -> di
     """The prompt through the model into a cache with `new_slots` free slots after it."""
     model = Molmo2(cfg)
     b = batch.input_ids.shape[0]
-    s = (cfg.stts.llm_seq_len or batch.input_ids.shape[1]) if cfg.stts.prunes else batch.input_ids.shape[1]
+    s = cfg.stts.llm_length(batch.input_ids.shape[1])
     cache = init_cache(cfg, b, s + new_slots)
-    logits, out = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
-    segment_ids, positions = out["llm/segment_ids"], out["llm/positions"]  # after pruning, if any
-    last = jnp.max(jnp.where(segment_ids != 0, jnp.arange(s), -1), axis=1)
+    logits, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+    segment_ids, positions = forward.tokens.segment_ids, forward.tokens.positions  # after pruning, if any
+    last = last_token(segment_ids)
     rows = jnp.arange(b)
     return {
-        "cache": out["cache"],
-        "logits": logits[rows, last],  # [batch, vocab] after the last prompt token
+        "cache": forward.cache,
+        "logits": forward.next_token_logits(logits),  # [batch, vocab] after the last prompt token
         "position": positions[rows, last],
         "segment": segment_ids[rows, last],
         "kv_segments": jnp.pad(segment_ids, ((0, 0), (0, new_slots))),

@@ -1,0 +1,15 @@
+"""The package's error classes, one owner for each: every message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value is impossible; the message names the field and the fix."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model; the message names the file or tensor and the fix."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""

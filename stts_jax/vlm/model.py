@@ -1,0 +1,202 @@
+"""The Molmo2 video VLM: ViT -> connector -> tokens added to placeholder embeddings -> LLM -> logits.
+
+With a pruning method (`cfg.stts`), the video goes through `stts.method` instead (STTS in the ViT,
+then the pruned placeholders removed from the LLM sequence in-graph).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from stts_jax.models.attention import SegmentMask
+from stts_jax.models.config import Molmo2Config
+from stts_jax.models.connector import Connector
+from stts_jax.models.layers import dtypes
+from stts_jax.models.llm import TextModel, TokenSequence
+from stts_jax.models.vit import VisionTransformer
+from stts_jax.stts.method import CompactedSequence, PrunedVideo, encode_video_pruned, remove_pruned_placeholders
+from stts_jax.stts.pruning import gather_tokens
+from stts_jax.stts.scorer import Scorer
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class VideoBatch:
+    """One micro-batch of (possibly packed) rows, all shapes static.
+
+    input_ids: [batch, seq] int32, with `image_patch_id` placeholders.
+    segment_ids: [batch, seq] int32, the example each token belongs to; 0 = padding.
+    positions: [batch, seq] int32, LLM position ids (restart per example).
+    pixel_values: [batch, frames, patches, patch_dim] float, all frames of the row's videos.
+    pooling_idx: [batch, windows, window] int32, per LLM vision token the row-flattened
+      (frame * patches + patch) indices it pools; -1 = padding. The k-th window of a row feeds the
+      k-th placeholder of that row.
+    frame_video_ids: [batch, frames] int32 or None, the video (1, 2, ...) of each frame slot, 0 =
+      padding slot; a video's frames contiguous and in time order, real slots first. Required by
+      the pruning methods, which build windows frame-major from `cfg.adapter.pooling_size`.
+    """
+
+    input_ids: Array
+    segment_ids: Array
+    positions: Array
+    pixel_values: Array
+    pooling_idx: Array
+    frame_video_ids: Array | None = None
+
+
+@flax.struct.dataclass
+class Forward:
+    """What the loss and the generator read of a forward pass.
+
+    tokens: the sequence the logits refer to (compacted if the model pruned); hidden: [batch, seq, dim],
+    the LLM's last hidden states; cache: the KV cache written from slot 0, or None; pruned / compacted:
+    the two STTS stages' results, None without pruning; out: named intermediates for diagnostics only
+    ("connector/tokens", "stts/scores", "vit/block_3", ...).
+    """
+
+    tokens: TokenSequence
+    hidden: Array
+    cache: dict | None
+    pruned: PrunedVideo | None
+    compacted: CompactedSequence | None
+    out: dict
+
+    @property
+    def aux_loss(self) -> Array:
+        """The STTS auxiliary loss (0 without a scorer)."""
+        return jnp.zeros(()) if self.pruned is None or self.pruned.aux_loss is None else self.pruned.aux_loss
+
+    @property
+    def overflow(self) -> Array | None:
+        """[batch] bool: the row overflowed a static STTS buffer or lost placeholders; a training or
+        evaluation step must raise on it. None without pruning."""
+        if self.pruned is None:
+            return None
+        c = self.compacted
+        return self.pruned.vit_overflow | c.llm_overflow | c.placeholder_mismatch
+
+    def follow(self, per_token: Array) -> Array:
+        """A per-token array of the input [batch, input_seq] moved to `tokens`' order (targets, masks)."""
+        return per_token if self.compacted is None else gather_tokens(per_token, self.compacted.source_index)
+
+    def next_token_logits(self, logits: Array) -> Array:
+        """[batch, seq, vocab] -> the logits after each row's last real token [batch, vocab]."""
+        return logits[jnp.arange(logits.shape[0]), last_token(self.tokens.segment_ids)]
+
+
+def last_token(segment_ids: Array) -> Array:
+    """[batch, seq] -> the slot of each row's last real token [batch] (-1 for an empty row)."""
+    return jnp.max(jnp.where(segment_ids != 0, jnp.arange(segment_ids.shape[1]), -1), axis=1)
+
+
+def placeholder_ranks(input_ids: Array, image_patch_id: int) -> tuple[Array, Array]:
+    """is_placeholder [batch, seq] and each placeholder's rank among its row's placeholders."""
+    is_placeholder = input_ids == image_patch_id
+    return is_placeholder, jnp.cumsum(is_placeholder, axis=1) - 1
+
+
+class Molmo2(nn.Module):
+    """Molmo2ForConditionalGeneration (+ STTS). `__call__(batch)` -> (logits [batch, seq, vocab], Forward).
+
+    With pruning, `seq` is `cfg.stts.llm_seq_len` (or the input length) and `Forward.tokens` is the
+    compacted sequence the logits refer to. Rows the static buffers cannot represent are flagged, never
+    dropped silently (`Forward.overflow`).
+    """
+
+    cfg: Molmo2Config
+
+    def setup(self):
+        self.vit = VisionTransformer(self.cfg)
+        self.connector = Connector(self.cfg)
+        self.text = TextModel(self.cfg)
+        self.lm_head = nn.Dense(self.cfg.text.vocab_size, use_bias=False, **dtypes(self.cfg))
+        if self.cfg.stts.uses_scorer:
+            self.scorer = Scorer(self.cfg)
+
+    def pool(self, features: Array, pooling_idx: Array) -> tuple[Array, dict[str, Array]]:
+        """ViT features [batch * frames, patches, dim] + windows [batch, tokens, window] -> [batch, tokens, dim]."""
+        b, t = pooling_idx.shape[:2]
+        per_row = features.shape[0] // b * features.shape[1]
+        row_offset = (jnp.arange(b, dtype=pooling_idx.dtype) * per_row)[:, None, None]
+        flat_idx = jnp.where(pooling_idx >= 0, pooling_idx + row_offset, -1).reshape(b * t, -1)
+        tokens, conn_out = self.connector(features, flat_idx)
+        out = {f"connector/{k}": v.reshape(b, t) for k, v in conn_out.items()}
+        out["connector/tokens"] = tokens.reshape(b, t, -1)
+        return out["connector/tokens"], out
+
+    def encode_video(self, pixel_values: Array, pooling_idx: Array) -> tuple[Array, dict[str, Array]]:
+        """[batch, frames, patches, patch_dim] + [batch, windows, window] -> tokens [batch, windows, dim]."""
+        b, f, n, p = pixel_values.shape
+        features, out = self.vit(pixel_values.reshape(b * f, n, p))
+        tokens, conn_out = self.pool(features, pooling_idx)
+        return tokens, out | conn_out
+
+    def embed_with_video(self, input_ids: Array, video_tokens: Array) -> Array:
+        """Token embeddings with each row's k-th video token added to its k-th placeholder."""
+        embeddings = self.text.embed_tokens(input_ids)
+        is_placeholder, rank = placeholder_ranks(input_ids, self.cfg.image_patch_id)
+        rank = jnp.clip(rank, 0, video_tokens.shape[1] - 1)
+        video = jnp.take_along_axis(video_tokens, rank[..., None], axis=1)
+        return embeddings + jnp.where(is_placeholder[..., None], video, 0).astype(embeddings.dtype)
+
+    def vision_block_ids(self, input_ids: Array, segment_ids: Array) -> Array:
+        """Vision tokens of an example form one bidirectional block, identified by the segment id."""
+        is_vision = jnp.isin(input_ids, jnp.asarray(self.cfg.vision_token_ids))
+        return jnp.where(is_vision, segment_ids, 0)
+
+    def prepare(
+        self, batch: VideoBatch
+    ) -> tuple[TokenSequence, Array, PrunedVideo | None, CompactedSequence | None, dict]:
+        """The LLM's tokens and the video tokens to add to their placeholders; with pruning, also what the
+        pruned ViT and the placeholder removal report."""
+        sequence = TokenSequence(batch.input_ids, batch.segment_ids, batch.positions)
+        s = self.cfg.stts
+        if not s.prunes:
+            video, out = self.encode_video(batch.pixel_values, batch.pooling_idx)
+            return sequence, video, None, None, out
+        if batch.frame_video_ids is None:
+            raise ValueError(f"stts.method={s.method!r} needs VideoBatch.frame_video_ids (the video of each frame).")
+        pruned, out = encode_video_pruned(
+            self.cfg,
+            self.vit,
+            self.scorer if s.uses_scorer else None,
+            self.pool,
+            lambda: self.make_rng("stts"),
+            batch.pixel_values,
+            batch.frame_video_ids,
+        )
+        compacted = remove_pruned_placeholders(self.cfg, sequence, pruned.keep, batch.frame_video_ids)
+        return compacted.tokens, pruned.tokens, pruned, compacted, out
+
+    def llm(self, tokens: TokenSequence, video: Array, cache=None) -> tuple[Array, Array, Array]:
+        """Logits of the LLM over `tokens` with the row's k-th `video` token [batch, k, dim] added to its
+        k-th placeholder -> (logits [batch, seq, vocab], hidden, cache)."""
+        input_ids, segment_ids = tokens.input_ids, tokens.segment_ids
+        embeddings = self.embed_with_video(input_ids, video)
+        blocks = self.vision_block_ids(input_ids, segment_ids)
+        if cache is None:
+            segments = SegmentMask.self_attention(segment_ids, blocks)
+        else:
+            pad = cache["k"].shape[2] - input_ids.shape[1]
+            widen = lambda x: jnp.pad(x, ((0, 0), (0, pad)))
+            slots = jnp.broadcast_to(jnp.arange(cache["k"].shape[2], dtype=jnp.int32), widen(blocks).shape)
+            segments = SegmentMask(
+                segment_ids, widen(segment_ids), slots[:, : blocks.shape[1]], slots, blocks, widen(blocks)
+            )
+        hidden, cache = self.text(embeddings, tokens.positions, segments, cache, 0)
+        return self.lm_head(hidden), hidden, cache
+
+    def __call__(self, batch: VideoBatch, cache=None) -> tuple[Array, Forward]:
+        """Full forward (training, scoring, or prefill into `cache` from slot 0) -> (logits, Forward)."""
+        tokens, video, pruned, compacted, out = self.prepare(batch)
+        logits, hidden, cache = self.llm(tokens, video, cache)
+        return logits, Forward(tokens=tokens, hidden=hidden, cache=cache, pruned=pruned, compacted=compacted, out=out)
+
+    def decode(self, input_ids: Array, positions: Array, segments: SegmentMask, cache, cache_index):
+        """One step of text tokens [batch, 1] written at `cache_index`; returns (logits, cache)."""
+        hidden, cache = self.text(self.text.embed_tokens(input_ids), positions, segments, cache, cache_index)
+        return self.lm_head(hidden), cache
