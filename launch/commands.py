@@ -1,10 +1,10 @@
 """The commands of a pod launch, built as argv lists without running anything, and the plumbing that prints
 them (dry run) or runs them one after another, stopping at the first failure.
 
-`train_command(config, overrides, workdir)` is the one place a train command line is spelled; the TPU VM
-and xpk launchers (and sweeps) build on it. Every launch starts with `aot_command`: the train step compiled
-on this machine for the target TPU topology, so a job that cannot compile or does not fit in HBM stops
-before a slice is created or a workload is queued.
+`stts_jax.train.command.train_command(config, overrides, workdir)` is the one place a train command line
+is spelled; the TPU VM and xpk launchers (and sweeps) build on it. Every launch starts with `aot_command`:
+the train step compiled on this machine for the target TPU topology, so a job that cannot compile or does
+not fit in HBM stops before a slice is created or a workload is queued.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
+
+from stts_jax.train.command import override_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # a GCE / GKE resource name: lower-case letters, digits and dashes, starting with a letter
@@ -98,26 +100,6 @@ class Run:
     @property
     def hosts(self) -> int:
         return self.accelerator.hosts * self.num_slices
-
-
-def override_flags(overrides: Mapping[str, object]) -> list[str]:
-    """{"stts.prune_ratio": 0.3} -> ["--config.stts.prune_ratio=0.3"]. Strings go verbatim (ml_collections
-    parses them against the field's type); other values as Python literals, which it also parses."""
-    return [f"--config.{key}={value if isinstance(value, str) else repr(value)}" for key, value in overrides.items()]
-
-
-def train_command(
-    config: str,
-    overrides: Mapping[str, object],
-    workdir: str,
-    *,
-    distributed: bool = False,
-    python: str = sys.executable,
-) -> list[str]:
-    """The argv of `python -m stts_jax.train` for one run. `distributed` adds `--distributed` (every host of
-    a pod runs this same command and jax.distributed finds the others); `python` is the interpreter."""
-    argv = [python, "-m", "stts_jax.train", f"--config={config}", f"--workdir={workdir}"]
-    return argv + (["--distributed"] if distributed else []) + override_flags(overrides)
 
 
 def aot_command(run: Run) -> list[str]:

@@ -27,8 +27,8 @@ from launch.commands import (
     run_in_repo,
     run_parser,
     tpu_requirements,
-    train_command,
 )
+from stts_jax.train.command import train_command
 
 CODE_DIR = "stts_jax"  # on each worker, in the home directory where `gcloud ... ssh --command` starts
 VENV_DIR = "stts_jax_venv"  # beside CODE_DIR, so shipping new code keeps the installed packages

@@ -28,8 +28,8 @@ from launch.commands import (
     run_in_repo,
     run_parser,
     tpu_requirements,
-    train_command,
 )
+from stts_jax.train.command import train_command
 
 
 def container_command(run: Run, install: bool) -> str:

@@ -20,8 +20,8 @@ from launch.commands import (
     execute,
     make_run,
     parse_accelerator,
-    train_command,
 )
+from stts_jax.train.command import train_command
 
 GCS_DATA = "--config.data.data_dir=gs://my-bucket/tfds"
 TRICKY = {"data.data_dir": "gs://my-bucket/Bob's data, v2", "stts.method": "stts", "stts.prune_ratio": 0.3}

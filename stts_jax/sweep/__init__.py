@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from stts_jax.errors import ConfigError
+from stts_jax.train.command import train_command
 from stts_jax.train.experiment import load_config_file, model_config, pipeline_config
 
 SHORT = {
@@ -143,8 +144,6 @@ def pod_commands(
     base: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """One train command (every host of a pod runs it) and one evaluation command per run, in order."""
-    from launch.commands import train_command  # the launch/ scripts live beside the package in the repo
-
     plan(config_arg, runs, fixed, base, root)
     lines = []
     for name, overrides in stages(runs, fixed, base, root):
