@@ -19,8 +19,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from stts_jax.evaluate import markdown_table
+from stts_jax.experiments.replication import get_sweep
 from stts_jax.export.formats import export
-from stts_jax.sweep import BASE, load_sweep, run_name, run_sweep
+from stts_jax.sweep import BASE, run_name, run_sweep
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.metrics import median_step_seconds
 
@@ -30,18 +31,14 @@ flags.DEFINE_integer("base_steps", 400, "training steps of the unpruned base mod
 flags.DEFINE_integer("steps", 60, "fine-tuning steps of each pruned / unpruned model")
 flags.DEFINE_float("prune_ratio", 0.7, "k of STTS and random pruning")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPLICATION = os.path.join(REPO, "configs", "replication.py")
-
 
 def run_demo(workdir: str, base_steps: int, steps: int, prune_ratio: float) -> str:
-    sweep = load_sweep(REPLICATION, f"seeds=1,steps={steps},base_steps={base_steps}")
+    sweep = get_sweep(f"seeds=1,steps={steps},base_steps={base_steps}")
     runs = [{"stts.method": "stts", "stts.prune_ratio": prune_ratio}, {"stts.method": "none"}]
     runs += [{"stts.method": "random", "stts.prune_ratio": prune_ratio}]
     fixed = {**sweep["fixed"], "data.data_dir": os.path.join(workdir, "data")}
     root = os.path.join(workdir, "runs")
-    config = os.path.join(REPO, sweep["config"])  # the sweep file names it from the repo root; any cwd here
-    run_sweep(config, runs, root, fixed=fixed, base=sweep["base"])
+    run_sweep(sweep["config"], runs, root, fixed=fixed, base=sweep["base"])
     label = lambda r: "none" if r["stts.method"] == "none" else f"{r['stts.method']} k={prune_ratio:g}"
     names = {f"base ({base_steps} steps, no pruning)": BASE} | {label(r): run_name(r) for r in runs}
     results, seconds = {}, {}
