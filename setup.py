@@ -8,7 +8,7 @@ HF_REQUIRES = [
     "safetensors>=0.6.0",
 ]
 
-NOTEBOOK_REQUIRES = ["nbformat>=5.10", "nbclient>=0.10", "ipykernel>=6.29"]
+NOTEBOOK_REQUIRES = ["nbformat>=5.10", "nbclient>=0.10", "ipykernel>=6.29", "jupytext>=1.16"]
 
 setup(
     name="stts_jax",

@@ -1,6 +1,6 @@
-"""Writes the notebooks from the cells below and executes them in place (offline, tiny settings).
+"""Executes the notebooks' Python sources (jupytext percent format) into .ipynb files with their outputs.
 
-  python notebooks/build.py            # rewrite + execute both, outputs saved in the .ipynb files
+  python notebooks/build.py            # scores.py -> scores.ipynb, ablation.py -> ablation.ipynb, executed
   STTS_RUN=/tmp/stts_jax_demo/runs/method=stts,k=0.7 STTS_SWEEP=/tmp/stts_jax_replication python notebooks/build.py
 
 The notebooks read a trained run (STTS_RUN, default: the demo's STTS model) and a finished sweep
@@ -13,145 +13,27 @@ from __future__ import annotations
 import os
 import sys
 
+import jupytext
 import nbformat
 from nbclient import NotebookClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-SCORES = [
-    (
-        "markdown",
-        "# STTS window scores on a synthetic video\n\n"
-        "One test video of the synthetic set: the frames with the ground-truth object masks, the "
-        "scorer's score per 3x3 window, and the windows STTS keeps at its budget (frame 0 is always "
-        "kept). Reads the run in `STTS_RUN` (default: the demo's STTS model); without one it trains a "
-        "tiny STTS model for a few steps, whose scores are then close to the untrained scorer's.",
-    ),
-    (
-        "code",
-        """import os
-import tempfile
-
-import matplotlib.pyplot as plt
-import numpy as np
-import tensorflow_datasets as tfds
-from absl import logging
-
-from stts_jax.train.experiment import load_config_file
-from stts_jax.data.pipeline import as_text
-from stts_jax.evaluate import window_scores
-from stts_jax.train.checkpoint import run_config
-from stts_jax.train.checkpoint import restore_params
-from stts_jax.train.loop import source, train
-
-logging.set_verbosity(logging.ERROR)  # TFDS narrates every file otherwise
-tfds.disable_progress_bar()
-RUN = os.environ.get("STTS_RUN", "/tmp/stts_jax_demo/runs/method=stts,k=0.7")
-if not os.path.exists(os.path.join(RUN, "checkpoints")):
-    RUN = tempfile.mkdtemp(prefix="stts_notebook_")
-    config = load_config_file("../configs/synthetic.py", "variant=tiny,frames=6,method=stts")
-    config.data.update(data_dir=os.path.join(RUN, "data"), train_examples=24, eval_examples=6, test_examples=6)
-    config.train.update(steps=5, checkpoint_every=5, eval_every=0)
-    train(config, RUN, progress=False)
-config = run_config(RUN)
-cfg, params, step = restore_params(RUN)
-test, tokenizer = source(config, "test")
-print(f"{RUN} at step {step}: {cfg.stts.method}, k = {cfg.stts.prune_ratio}, {len(test)} test videos")""",
-    ),
-    (
-        "code",
-        """families = [as_text(test[i]["family"]) for i in range(len(test))]
-index = families.index("needle") if "needle" in families else 0  # a briefly visible object, if there is one
-w = window_scores(cfg, params, test, index, tokenizer)
-record = test[index]
-print(as_text(record["question"]), "| family:", as_text(record["family"]))
-print(f"object windows kept: {w['keep'][1:][w['objects'][1:]].mean():.2f} (frames after the first)")
-print(f"scores from {w['scores'].min():.2e} to {w['scores'].max():.2e}")
-
-rows, cols = cfg.vision.patch_grid
-grid = int(np.ceil(rows / 3))
-T = len(w["frames"])
-low, high = np.log10(w["scores"][1:].min()), np.log10(w["scores"][1:].max())
-fig, axes = plt.subplots(3, T, figsize=(1.9 * T, 6))
-for t in range(T):
-    axes[0, t].imshow(w["frames"][t])
-    axes[0, t].contour(w["masks"][t] > 0, colors="w", linewidths=0.8)
-    axes[0, t].set_title(f"t={t}")
-    # log scale spanning the scores of frames 1..: ranks decide what is kept, scores trained on mostly
-    # static videos sit close to 0, and frame 0 (never pruned, no previous frame) scores far higher
-    axes[1, t].imshow(np.log10(w["scores"][t]).reshape(grid, grid), vmin=low, vmax=high)
-    axes[2, t].imshow(w["keep"][t].reshape(grid, grid), vmin=0, vmax=1, cmap="gray")
-    ys, xs = np.nonzero(w["objects"][t].reshape(grid, grid))
-    axes[2, t].scatter(xs, ys, marker="x", c="r", s=20)
-for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-for row, label in enumerate(("frame + masks", "log10 window score", "kept (x: object)")):
-    axes[row, 0].set_ylabel(label)
-fig.tight_layout()""",
-    ),
-]
-
-ABLATION = [
-    (
-        "markdown",
-        "# Ablation plots from a sweep\n\n"
-        "Aggregates a finished sweep (`STTS_SWEEP`, default: the replication's output) into its table "
-        "and the two plots: accuracy vs pruning ratio and accuracy vs forward FLOPs. Without a sweep it "
-        "runs a tiny one (two runs, a few steps), so the plots show the plumbing, not a result.",
-    ),
-    (
-        "code",
-        """import glob
-import os
-import tempfile
-
-import tensorflow_datasets as tfds
-from absl import logging
-from IPython.display import Image, Markdown, display
-
-from stts_jax.sweep import parse_grid, run_sweep
-from stts_jax.sweep.aggregate import aggregate
-
-logging.set_verbosity(logging.ERROR)
-tfds.disable_progress_bar()
-SWEEP = os.environ.get("STTS_SWEEP", "/tmp/stts_jax_replication")
-if not glob.glob(os.path.join(SWEEP, "*", "eval_test*.json")):
-    SWEEP = tempfile.mkdtemp(prefix="stts_sweep_")
-    fixed = {"train.steps": 2, "train.eval_every": 0, "data.data_dir": os.path.join(SWEEP, "data")}
-    fixed.update({"data.train_examples": 16, "data.eval_examples": 4, "data.test_examples": 6})
-    runs = parse_grid("stts.method=none") + parse_grid("stts.method=random;stts.prune_ratio=0.5")
-    run_sweep("../configs/synthetic.py:variant=tiny,frames=4", runs, SWEEP, fixed=fixed, progress=False)
-display(Markdown(aggregate(SWEEP)))""",
-    ),
-    ("code", """display(Image(os.path.join(SWEEP, "accuracy_vs_ratio.png")))"""),
-    ("code", """display(Image(os.path.join(SWEEP, "accuracy_vs_flops.png")))"""),
-]
-
-NOTEBOOKS = {"scores.ipynb": SCORES, "ablation.ipynb": ABLATION}
+SOURCES = ("scores.py", "ablation.py")  # each executes into the .ipynb of the same name
 
 
-def notebook(cells) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    make = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    nb.cells = [make[kind](text) for kind, text in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
-def execute(path: str, timeout: int = 900) -> nbformat.NotebookNode:
-    """Runs a notebook file top to bottom in a fresh kernel (cwd: notebooks/); raises on a failing cell."""
-    nb = nbformat.read(path, as_version=4)
+def execute(source: str, timeout: int = 900) -> nbformat.NotebookNode:
+    """Runs a notebook source top to bottom in a fresh kernel (cwd: notebooks/); raises on a failing cell."""
+    nb = jupytext.read(source)
+    nb.metadata.pop("jupytext", None)  # the .ipynb is an output, not paired with its source
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # tiny settings; no accelerator probing in the outputs
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
     return nb
 
 
 def main() -> int:
-    for name, cells in NOTEBOOKS.items():
-        path = os.path.join(HERE, name)
-        nbformat.write(notebook(cells), path)
-        nbformat.write(execute(path), path)
+    for name in SOURCES:
+        path = os.path.join(HERE, name.replace(".py", ".ipynb"))
+        nbformat.write(execute(os.path.join(HERE, name)), path)
         print(f"executed {path}")
     return 0
 

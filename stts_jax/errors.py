@@ -13,3 +13,7 @@ class CheckpointError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
+
+
+class AOTError(RuntimeError):
+    """The program cannot run as configured on the slice; the message says why and what to change."""

@@ -17,9 +17,14 @@ pytest.importorskip("libtpu", reason="libtpu is not installed: `pip install -e .
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from stts_jax import aot  # noqa: E402
+from stts_jax.aot import cost as aot_cost  # noqa: E402
+from stts_jax.aot import programs as aot_programs  # noqa: E402
+from stts_jax.aot import report as aot_report  # noqa: E402
+from stts_jax.aot import topology as aot_topology  # noqa: E402
+from stts_jax.errors import AOTError  # noqa: E402
 from stts_jax.models.attention import SegmentMask, attend_segments  # noqa: E402
 from stts_jax.models.config import get_config  # noqa: E402
+from stts_jax.train.sharding import MeshConfig  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -34,16 +39,16 @@ def synthetic_config(arg: str = "variant=tiny"):
 def tiny_on_slice(fsdp: int = 4, topology: str = "v5e:2x2"):
     config = synthetic_config()
     config.train.mesh.fsdp = fsdp
-    devices = aot.topology_devices(topology)
-    mesh = aot.slice_mesh(aot.MeshConfig(**config.train.mesh), devices, 1)
-    return aot.workload(config, hosts=1), mesh, aot.chip_spec(devices[0])
+    devices = aot_topology.topology_devices(topology)
+    mesh = aot_topology.slice_mesh(MeshConfig(**config.train.mesh), devices, 1)
+    return aot_programs.workload(config, hosts=1), mesh, aot_topology.chip_spec(devices[0])
 
 
 def test_tiny_train_step_compiles_for_a_tpu_slice_with_splash_attention():
     w, mesh, chip = tiny_on_slice()
-    report = aot.train_report(w, mesh, chip, cost="scan")
+    report = aot_programs.train_report(w, mesh, chip, cost="scan")
     assert not report.error
-    assert report.hbm_bytes == 16 * aot.GIB  # v5e
+    assert report.hbm_bytes == 16 * aot_topology.GIB  # v5e
     assert report.argument_bytes > 0 and report.output_bytes > 0 and report.temp_bytes > 0
     assert report.peak_bytes > 0 and report.fits
     # every Pallas kernel of the step, in the ViT (dense frames, packed frames) and the LLM (two passes)
@@ -59,12 +64,12 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_with_splash_attention():
         report.kernels[f"splash_mha_fwd_segmented_residuals llm [{t.num_attention_heads},{w.llm_tokens},{t.head_dim}]"]
         == 2
     )
-    assert not aot.failures([report])
+    assert not aot_report.failures([report])
 
 
 def test_splash_kernel_flops_follow_the_blocks_the_mask_computes():
     """XLA prices a Mosaic kernel at ~0 FLOPs; the tool counts the causal mask's computed blocks."""
-    devices = aot.topology_devices("v5e:2x2")
+    devices = aot_topology.topology_devices("v5e:2x2")
     sharding = jax.sharding.SingleDeviceSharding(devices[0])
     b, t, h, d = 2, 512, 4, 128
     q = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16, sharding=sharding)
@@ -75,41 +80,43 @@ def test_splash_kernel_flops_follow_the_blocks_the_mask_computes():
         return attend_segments(q, q, q, mask, impl="splash")
 
     compiled = jax.jit(attention).lower(q, segments).compile()
-    calls = aot.mosaic_calls(compiled.as_text())
+    calls = aot_cost.mosaic_calls(compiled.as_text())
     assert [c.kernel for c in calls] == ["splash_mha_fwd_segmented_residuals"]
     blocks = 4 * 5 // 2  # 4 query blocks of 128, causal: the lower triangle of blocks
-    cost = aot.program_cost(compiled, get_config("tiny"), peak_flops=1e15)
+    cost = aot_cost.program_cost(compiled, get_config("tiny"), peak_flops=1e15)
     assert cost.kernel_flops == b * h * blocks * 128 * 128 * d * 2 * 2
     assert cost.kernel_seconds == cost.kernel_flops / 1e15
 
 
 def test_bad_topologies_and_meshes_name_the_fix():
-    with pytest.raises(aot.AOTError, match="v5p:2x2x2"):
-        aot.topology_devices("v5p-16")  # the accelerator-type name, not a topology
-    with pytest.raises(aot.AOTError, match="libtpu rejected"):
-        aot.topology_devices("v5p:3x3x3")  # not a multiple of a host's 2x2x1 chips
+    with pytest.raises(AOTError, match="v5p:2x2x2"):
+        aot_topology.topology_devices("v5p-16")  # the accelerator-type name, not a topology
+    with pytest.raises(AOTError, match="libtpu rejected"):
+        aot_topology.topology_devices("v5p:3x3x3")  # not a multiple of a host's 2x2x1 chips
     config = synthetic_config()
     config.train.mesh.fsdp = 3
-    with pytest.raises(aot.AOTError, match="product is 4"):
-        aot.run(config, "v5e:2x2")
+    with pytest.raises(AOTError, match="product is 4"):
+        aot_programs.run(config, "v5e:2x2")
 
 
 def test_a_cost_only_report_prices_the_step_without_judging_its_memory():
     w, mesh, chip = tiny_on_slice()
-    report = aot.train_report(w, mesh, chip, cost="scan", memory=False)
+    report = aot_programs.train_report(w, mesh, chip, cost="scan", memory=False)
     assert not report.error and not report.memory_measured and report.flops > 0
-    assert not report.fits and not aot.failures([report])  # nothing measured, nothing claimed
+    assert not report.fits and not aot_report.failures([report])  # nothing measured, nothing claimed
     setup = {"topology": "v5e:2x2", "num_slices": 1, "chips": 4, "device_kind": "TPU v5 lite", "hosts": 1}
     setup |= {"hbm_gib_per_chip": 16, "peak_bf16_tflops": 197, "mesh": dict(mesh.shape), "rows": w.rows}
     setup |= {"frames_per_row": w.frames, "videos_per_row": 2, "input_tokens": 1, "llm_tokens": w.llm_tokens}
     setup |= {"accumulate_steps": 1, "remat_policy": "none", "dtype": "float32"}
-    assert "(cost only)" in aot.format_reports(setup, [report])
+    assert "(cost only)" in aot_report.format_reports(setup, [report])
 
 
 def test_a_program_over_hbm_is_a_failure_that_says_what_to_change():
-    report = aot.Report("train", "stts", 0.5, 640, hbm_bytes=16 * aot.GIB, temp_bytes=20 * aot.GIB)
+    report = aot_report.Report(
+        "train", "stts", 0.5, 640, hbm_bytes=16 * aot_topology.GIB, temp_bytes=20 * aot_topology.GIB
+    )
     report.kernels = {"splash_mha_fwd_segmented_residuals llm [4,640,64]": 1}
-    (problem,) = aot.failures([report])
+    (problem,) = aot_report.failures([report])
     assert "20.00 GiB per chip" in problem and "accumulate_steps" in problem
 
 
@@ -131,12 +138,12 @@ def test_extrapolated_cost_equals_the_fully_unrolled_program():
     unrolled (v5p: its SparseCore hand-offs carry XLA's -1 s sentinel, which is removed)."""
     config = synthetic_config()
     config.train.mesh.fsdp = 4
-    devices = aot.topology_devices("v5p:2x2x1")
-    mesh = aot.slice_mesh(aot.MeshConfig(**config.train.mesh), devices, 1)
-    w, chip = aot.workload(config, hosts=1), aot.chip_spec(devices[0])
-    build = aot.train_build(w, mesh, w.rows, accumulate=1)
-    direct = aot.program_cost(build(w.model.replace(scan_layers=False)), w.model, chip[1])
-    extrapolated = aot.extrapolated_cost(build, w.model, chip[1])
+    devices = aot_topology.topology_devices("v5p:2x2x1")
+    mesh = aot_topology.slice_mesh(MeshConfig(**config.train.mesh), devices, 1)
+    w, chip = aot_programs.workload(config, hosts=1), aot_topology.chip_spec(devices[0])
+    build = aot_programs.train_build(w, mesh, w.rows, accumulate=1)
+    direct = aot_cost.program_cost(build(w.model.replace(scan_layers=False)), w.model, chip[1])
+    extrapolated = aot_cost.extrapolated_cost(build, w.model, chip[1])
     assert extrapolated.kernel_flops == direct.kernel_flops
     assert extrapolated.xla_flops == pytest.approx(direct.xla_flops, rel=1e-3)
     assert extrapolated.xla_seconds == pytest.approx(direct.xla_seconds, rel=0.02)
@@ -148,7 +155,7 @@ def test_slice_configs_follow_the_paper_recipe(name, hosts):
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    w = aot.workload(module.get_config(""), hosts)
+    w = aot_programs.workload(module.get_config(""), hosts)
     assert (w.rows, w.frames, w.videos_per_row, w.llm_tokens) == (64, 128, 2, 9686)  # STTS.md section 8
     assert w.input_tokens == 9686 + 64 * 81  # k = 0.5 prunes floor(81 * 0.5 * 128) windows per row
     assert w.model.attention_impl == "splash" and w.model.dtype == "bfloat16"

@@ -13,11 +13,12 @@ import pytest
 from conftest import ROOT, synthetic_config
 
 from stts_jax.convert.hf import hf_video_logits
+from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
 from stts_jax.export.formats import export, load_export
 from stts_jax.train.checkpoint import restore_params
-from stts_jax.train.loop import source, train
+from stts_jax.train.loop import train
 
 
 @pytest.fixture(scope="module")

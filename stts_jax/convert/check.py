@@ -15,6 +15,11 @@ import time
 
 import numpy as np
 
+from stts_jax.convert.hf import batch_from_hf_inputs, hf_video_logits, load_molmo2
+from stts_jax.convert.reference import random_hf_molmo2, torch_inputs, video_prompt
+from stts_jax.models.config import get_config
+from stts_jax.vlm.generate import greedy_generate
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stts_jax.convert.check", description=__doc__.splitlines()[0])
@@ -25,11 +30,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import transformers
-
-    from stts_jax.convert.hf import batch_from_hf_inputs, hf_video_logits, load_molmo2
-    from stts_jax.convert.reference import random_hf_molmo2, torch_inputs, video_prompt
-    from stts_jax.models.config import get_config
-    from stts_jax.vlm.generate import greedy_generate
 
     path = args.hf_dir
     if path is None:
