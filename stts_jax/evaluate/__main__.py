@@ -17,11 +17,11 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from stts_jax.data.sources import source
 from stts_jax.errors import ConfigError
 from stts_jax.evaluate import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
 from stts_jax.train.checkpoint import restore_params, run_config
-from stts_jax.train.loop import source
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "a training workdir or an exported directory")

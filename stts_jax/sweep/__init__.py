@@ -170,9 +170,10 @@ def run_sweep(
 ) -> list[str]:
     """Trains and evaluates every run under `root` (skipping finished work; the `base` run first);
     returns the run names."""
+    from stts_jax.data.sources import source
     from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
     from stts_jax.train.checkpoint import restore_params
-    from stts_jax.train.loop import source, train
+    from stts_jax.train.loop import train
 
     runs_planned = plan(config_arg, runs, fixed, base, root)
     for i, (name, config) in enumerate(runs_planned, start=1):
