@@ -31,7 +31,7 @@ def tiny_hf(tmp_path_factory):
     the unscaled one on layer 1; attention is grouped-query (4 heads, 2 KV heads)."""
     torch = pytest.importorskip("torch")
     from stts_jax.convert.reference import random_hf_molmo2
-    from stts_jax.models.config import get_config
+    from stts_jax.models.variants import get_config
 
     torch.set_num_threads(2)
     cfg = get_config("tiny")

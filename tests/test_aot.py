@@ -23,7 +23,7 @@ from stts_jax.aot import report as aot_report  # noqa: E402
 from stts_jax.aot import topology as aot_topology  # noqa: E402
 from stts_jax.errors import AOTError  # noqa: E402
 from stts_jax.models.attention import SegmentMask, attend_segments  # noqa: E402
-from stts_jax.models.config import get_config  # noqa: E402
+from stts_jax.models.variants import get_config
 from stts_jax.train.sharding import MeshConfig  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent.parent

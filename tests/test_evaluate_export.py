@@ -69,7 +69,7 @@ def test_option_answers_are_scored_by_their_words(run):
 
 def test_object_windows_follow_the_masks():
     from stts_jax.evaluate import object_windows
-    from stts_jax.models.config import get_config
+    from stts_jax.models.variants import get_config
 
     cfg = get_config("tiny")  # 42 px frames, 7x7 patches of 6 px, 3x3 windows padded to 9x9 (one -1 row/col first)
     masks = np.zeros((2, 64, 64), np.uint8)

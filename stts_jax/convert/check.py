@@ -17,7 +17,7 @@ import numpy as np
 
 from stts_jax.convert.hf import batch_from_hf_inputs, hf_video_logits, load_molmo2
 from stts_jax.convert.reference import random_hf_molmo2, torch_inputs, video_prompt
-from stts_jax.models.config import get_config
+from stts_jax.models.variants import get_config
 from stts_jax.vlm.generate import greedy_generate
 
 

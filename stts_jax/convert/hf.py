@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stts_jax.convert.hf_config import config_from_hf, config_to_hf
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.vlm.model import Molmo2, VideoBatch
@@ -239,7 +240,7 @@ def read_config(path: str, **runtime: Any) -> Molmo2Config:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON ({e}). Re-export the checkpoint.") from e
     try:
-        return Molmo2Config.from_hf_dict(raw, **runtime)
+        return config_from_hf(raw, **runtime)
     except ConfigError as e:
         raise CheckpointError(f"{config_path}: {e}") from e
 
@@ -311,7 +312,7 @@ def save_molmo2(cfg: Molmo2Config, params: Mapping, path: str, max_shard_bytes: 
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
-        json.dump(cfg.to_hf_dict(), f, indent=2)
+        json.dump(config_to_hf(cfg), f, indent=2)
 
 
 # -- transformers processor outputs -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from stts_jax.convert.hf import HF_CONFIG_FILE, abstract_params, read_config
+from stts_jax.convert.hf_config import config_to_hf
 from stts_jax.errors import CheckpointError
 from stts_jax.models.config import Molmo2Config
 
@@ -29,7 +30,7 @@ def save_params(cfg: Molmo2Config, params: Any, path: str, dtype: str | None = N
     checkpointer.save(os.path.join(path, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
     with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
-        json.dump(cfg.to_hf_dict(), f, indent=2)
+        json.dump(config_to_hf(cfg), f, indent=2)
 
 
 def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:

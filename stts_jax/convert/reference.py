@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stts_jax.convert.hf_config import config_to_hf
 from stts_jax.models.config import Molmo2Config
 from stts_jax.windows import pooling_windows, video_pooling_indices
 
@@ -18,7 +19,7 @@ def random_hf_molmo2(cfg: Molmo2Config, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.Molmo2ForConditionalGeneration(transformers.Molmo2Config(**cfg.to_hf_dict())).eval()
+    model = transformers.Molmo2ForConditionalGeneration(transformers.Molmo2Config(**config_to_hf(cfg))).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layer_norm" in name:

@@ -16,7 +16,8 @@ import ml_collections
 
 from stts_jax.data.pipeline import PipelineConfig
 from stts_jax.errors import ConfigError
-from stts_jax.models.config import Molmo2Config, STTSConfig, get_config
+from stts_jax.models.config import Molmo2Config, STTSConfig
+from stts_jax.models.variants import get_config
 from stts_jax.train.optimizer import OptimizerConfig
 
 
