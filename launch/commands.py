@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from stts_jax.train.command import override_flags
+from stts_jax.train.experiment import load_config_file
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # a GCE / GKE resource name: lower-case letters, digits and dashes, starting with a letter
@@ -139,10 +140,7 @@ def check_name(value: str, what: str, max_length: int) -> str:
 
 
 def _load_config(path: pathlib.Path, arg: str):
-    spec = importlib.util.spec_from_file_location(f"launch_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return load_config_file(str(path), arg or None)
 
 
 def _has_field(config, key: str) -> bool:

@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from IPython.display import Image, Markdown, display
 
-from stts_jax.sweep import parse_grid, run_sweep
 from stts_jax.sweep.aggregate import aggregate
+from stts_jax.sweep.runner import parse_grid, run_sweep
 
 logging.set_verbosity(logging.ERROR)
 tfds.disable_progress_bar()

@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 from stts_jax.evaluate import markdown_table
 from stts_jax.experiments.replication import get_sweep
 from stts_jax.export.formats import export
-from stts_jax.sweep import BASE, run_name, run_sweep
+from stts_jax.sweep.runner import BASE, run_name, run_sweep
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.metrics import median_step_seconds
 

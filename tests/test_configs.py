@@ -30,7 +30,7 @@ def test_configs_build_valid_typed_configs(name):
 
 
 def test_replication_sweep_is_valid_and_complete(monkeypatch):
-    from stts_jax.sweep import BASE, load_sweep, plan, run_name
+    from stts_jax.sweep.runner import BASE, load_sweep, plan, run_name
 
     monkeypatch.chdir(CONFIGS.parent)  # sweep files name configs relative to the repo root
     file = str(CONFIGS / "replication.py")

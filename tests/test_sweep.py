@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT
 
 from stts_jax.errors import ConfigError
-from stts_jax.sweep import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep, stages
 from stts_jax.sweep.aggregate import aggregate
+from stts_jax.sweep.runner import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep, stages
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py") + ":variant=tiny,frames=4"
 
@@ -90,10 +90,10 @@ def test_questions_whose_object_windows_were_all_pruned_are_counted():
 
 
 def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, monkeypatch):
-    import stts_jax.train.loop as loop
+    import stts_jax.sweep.runner as runner
 
     trained = []
-    monkeypatch.setattr(loop, "train", lambda config, workdir, progress: trained.append(workdir) or {"preempted": True})
+    monkeypatch.setattr(runner, "train", lambda config, workdir, progress: trained.append(workdir) or {"preempted": True})
     runs = parse_grid("stts.method=none,random")
     with pytest.raises(SweepPreempted, match="rerun the same command"):
         run_sweep(CONFIG, runs, str(tmp_path), progress=False)

@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from stts_jax.errors import ConfigError
-from stts_jax.sweep import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
+from stts_jax.sweep.runner import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "experiment config (configs/x.py:args) the grid varies")

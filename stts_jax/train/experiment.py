@@ -9,7 +9,9 @@ overridden on the command line (`--config.stts.prune_ratio=0.3`). `model_config`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import types
 from typing import Any
 
 import ml_collections
@@ -33,14 +35,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return parsed
 
 
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file (configs/*.py), as `--config=path:arg` would give it."""
-    import importlib.util
-
+def load_python_file(path: str) -> types.ModuleType:
+    """A config or sweep file (configs/*.py) loaded as a module, as `--config=path` loads it."""
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (configs/*.py), as `--config=path:arg` would give it."""
+    return load_python_file(path).get_config(arg)
 
 
 def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.ConfigDict:
