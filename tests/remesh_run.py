@@ -1,5 +1,6 @@
 """Run in a subprocess with 8 fake CPU devices: save a sharded TrainState on a (2, 2, 2) mesh, restore it
-on a (1, 2, 2) mesh of 4 devices, and check every array and its new sharding."""
+on a (1, 2, 2) mesh of 4 devices, and check every array and its new sharding. Leaves the run's config.json
+and the saved params (saved_params.npz) beside the checkpoint, for a restore on one device to compare."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
+import flax.traverse_util  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -15,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sharded_run import build  # noqa: E402
 
 from stts_jax.train import checkpoint  # noqa: E402
+from stts_jax.train.experiment import load_config_file, model_config  # noqa: E402
 from stts_jax.train.sharding import MeshConfig, make_mesh, state_shardings  # noqa: E402
 
 if __name__ == "__main__":
@@ -25,6 +28,12 @@ if __name__ == "__main__":
     checkpoint.save(mgr, int(state.step), state, iterator)
     mgr.wait_until_finished()
     saved = jax.tree.map(np.asarray, state)
+    config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py"), "variant=tiny")
+    assert model_config(config).stts.uses_scorer == cfg.stts.uses_scorer  # the same parameter shapes
+    with open(os.path.join(workdir, checkpoint.RUN_CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    flat = flax.traverse_util.flatten_dict(saved.params, sep="/")
+    np.savez(os.path.join(workdir, "saved_params.npz"), **flat)
 
     small = make_mesh(MeshConfig(1, 2, 2), devices[:4])
     shardings = state_shardings(shape, small)

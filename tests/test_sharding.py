@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import flax.traverse_util
 import jax
 import numpy as np
 import pytest
 
 from stts_jax.errors import ConfigError
+from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, spec_for
 
 
@@ -50,3 +52,10 @@ def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
     run = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "restored 2 on (1, 2, 2)" in run.stdout
+    # export / evaluate / init_from read the same checkpoint in a one-device process (a pod's run on a laptop)
+    _, params, step = restore_params(str(tmp_path))
+    saved = np.load(tmp_path / "saved_params.npz")
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    assert step == 2 and sorted(flat) == sorted(saved.files)
+    for name in saved.files:
+        np.testing.assert_array_equal(flat[name], saved[name], err_msg=name)

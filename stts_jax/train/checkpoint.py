@@ -85,5 +85,10 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Molmo2Config,
     step = saved[-1] if step is None else step
     if step not in saved:
         raise CheckpointError(f"step {step} was never saved in {workdir} (saved: {saved}); pass one of those.")
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Against a target on this process's first device: a checkpoint written by a pod (another device
+    # layout) restores here too, where a target-less restore refuses it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    stored = mgr.item_metadata(step)["state"].tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return cfg, jax.tree.map(np.asarray, restored["state"]["params"]), step
