@@ -28,6 +28,7 @@ from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, TrainingError
 from stts_jax.train import checkpoint
 from stts_jax.train.experiment import model_config, pipeline_config
+from stts_jax.train.loss import combine_metrics
 from stts_jax.train.metrics import MetricsWriter
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
@@ -74,23 +75,6 @@ def init_from_pretrained(state, path: str, shardings):
 
 def _global(batch_array, sharding):
     return jax.make_array_from_process_local_data(sharding, batch_array)
-
-
-def _mean_by(batches: list[dict]) -> dict[str, float]:
-    """Validation metrics over batches, each ratio weighted by the count it is a ratio of."""
-    weights = {"answer_loss": "answer_tokens", "answer_token_accuracy": "answer_tokens"}
-    weights["answer_accuracy"] = "answer_examples"
-    total = lambda k: sum(b[k] for b in batches)
-    result = {}
-    for name in batches[0]:
-        weight = weights.get(name)
-        if weight:
-            result[name] = sum(b[name] * b[weight] for b in batches) / max(total(weight), 1)
-        elif name in ("answer_tokens", "answer_examples", "llm_tokens", "overflow_rows"):
-            result[name] = total(name)
-        else:
-            result[name] = total(name) / len(batches)
-    return result
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
@@ -141,7 +125,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
             video, targets = to_model_batch(next(eval_iterator), model)
             result = eval_fn(params, jax.tree.map(lambda x: _global(x, rows), video), _global(targets, rows), rng)
             batches.append({k: float(v) for k, v in jax.device_get(result).items()})
-        return _mean_by(batches)
+        stacked = {k: np.asarray([b[k] for b in batches]) for k in batches[0]}
+        return {k: float(v) for k, v in combine_metrics(stacked).items()}
 
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))

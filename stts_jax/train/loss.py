@@ -7,6 +7,29 @@ import jax.numpy as jnp
 
 from stts_jax.vlm.model import Forward
 
+# How metrics of several micro-batches or batches combine: counts add up, a ratio is weighted by the count
+# it is a ratio of, any other metric is averaged.
+COUNT_METRICS = ("answer_tokens", "answer_examples", "llm_tokens", "overflow_rows")
+RATIO_METRICS = {
+    "answer_loss": "answer_tokens",
+    "answer_token_accuracy": "answer_tokens",
+    "answer_accuracy": "answer_examples",
+}
+
+
+def combine_metrics(parts: dict) -> dict:
+    """Metrics stacked on a leading axis (one entry per micro-batch or batch) -> the whole's metrics."""
+    combined = {}
+    for name, values in parts.items():
+        if name in COUNT_METRICS:
+            combined[name] = values.sum()
+        elif name in RATIO_METRICS:
+            weight = parts[RATIO_METRICS[name]]
+            combined[name] = (values * weight).sum() / jnp.maximum(weight.sum(), 1)
+        else:
+            combined[name] = values.mean()
+    return combined
+
 
 def answer_target_mask(targets, segment_ids):
     """[batch, seq - 1] bool: position i's prediction of token i + 1 is scored (an answer token that
@@ -20,7 +43,8 @@ def answer_cross_entropy(logits, input_ids, targets, segment_ids, normalizer=Non
     logits: [batch, seq, vocab]; input_ids / targets / segment_ids: [batch, seq], targets 1 on answer
     tokens. Normalised by the number of real target tokens (0 if there are none), or by `normalizer`
     (the count over a whole batch, when this is one of its gradient-accumulation micro-batches).
-    Returns (loss, {"answer_tokens", "answer_token_accuracy"}).
+    Returns (loss, metrics); metrics["answer_loss"] is this (micro-)batch's own mean, so that micro-batches
+    and batches combine by `combine_metrics`.
     """
     logits = logits[:, :-1].astype(jnp.float32)
     labels = input_ids[:, 1:]
@@ -30,7 +54,9 @@ def answer_cross_entropy(logits, input_ids, targets, segment_ids, normalizer=Non
     correct = (jnp.argmax(logits, -1) == labels) & mask
     denominator = jnp.maximum(count, 1)
     answered, right = example_accuracy(mask, correct, segment_ids[:, 1:])
-    return (ce * mask).sum() / (denominator if normalizer is None else normalizer), {
+    total = (ce * mask).sum()
+    return total / (denominator if normalizer is None else normalizer), {
+        "answer_loss": total / denominator,
         "answer_tokens": count,
         "answer_token_accuracy": correct.sum() / denominator,
         "answer_examples": answered,
@@ -56,7 +82,7 @@ def training_loss(logits, forward: Forward, batch, targets, aux_weight: float, n
         logits, tokens.input_ids, forward.follow(targets), tokens.segment_ids, normalizer
     )
     aux = forward.aux_loss
-    metrics.update({"answer_loss": ce, "aux_loss": aux, "llm_tokens": (tokens.segment_ids > 0).sum()})
+    metrics.update({"aux_loss": aux, "llm_tokens": (tokens.segment_ids > 0).sum()})
     if forward.pruned is not None:
         keep = forward.pruned.keep
         real = batch.frame_video_ids > 0

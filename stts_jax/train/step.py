@@ -11,7 +11,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stts_jax.models.config import Molmo2Config
-from stts_jax.train.loss import answer_target_mask, training_loss
+from stts_jax.train.loss import answer_target_mask, combine_metrics, training_loss
 from stts_jax.vlm.model import Molmo2, VideoBatch
 
 Array = jax.Array
@@ -69,13 +69,7 @@ def _train_step(
     else:
         (losses, all_metrics), all_grads = jax.lax.map(micro_grads, micros)
         loss, grads = losses.sum(), jax.tree.map(lambda g: g.sum(0), all_grads)
-        counts = ("answer_tokens", "answer_examples", "answer_loss", "overflow_rows", "llm_tokens")
-        metrics = {k: v.sum() if k in counts else v.mean() for k, v in all_metrics.items()}
-        weighted = lambda name, weight: (
-            (all_metrics[name] * all_metrics[weight]).sum() / jnp.maximum(all_metrics[weight].sum(), 1)
-        )
-        metrics["answer_accuracy"] = weighted("answer_accuracy", "answer_examples")
-        metrics["answer_token_accuracy"] = weighted("answer_token_accuracy", "answer_tokens")
+        metrics = combine_metrics(all_metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
