@@ -150,7 +150,7 @@ def _scorer_grads(cfg, params, batch, loss_kind):
     def loss(p):
         logits, out = Molmo2(cfg).apply({"params": p}, batch, rngs=RNG)
         task = jnp.mean(jax.nn.log_softmax(logits)[..., 0] * (out.tokens.segment_ids > 0))
-        return task if loss_kind == "task" else out.pruned.aux_loss
+        return task if loss_kind == "task" else out.aux_loss
 
     grads = jax.jit(jax.grad(loss))(params)["scorer"]
     return max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))

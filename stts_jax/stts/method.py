@@ -19,7 +19,7 @@ from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import TokenSequence
 from stts_jax.models.vit import VisionTransformer
 from stts_jax.stts import budget, packing, pruning
-from stts_jax.stts.scorer import Scorer, aux_loss, score_bias, temporal_dissimilarity
+from stts_jax.stts.scorer import Scorer, aux_squared_error, score_bias, temporal_dissimilarity
 from stts_jax.windows import frame_windows, patch_windows
 
 Array = jax.Array
@@ -30,13 +30,15 @@ class PrunedVideo:
     """What the pruned ViT hands the LLM side.
 
     tokens: [batch, capacity, dim] connector tokens of the kept windows, frame-major (padding past each
-      row's kept count); keep: [batch, frames, windows] bool; aux_loss: scalar, or None without a scorer;
-      vit_overflow: [batch] bool, the row kept more windows than the static buffer holds.
+      row's kept count); keep: [batch, frames, windows] bool; aux_sum: the scorer's squared error summed
+      over `aux_windows` windows (None without a scorer); vit_overflow: [batch] bool, the row kept more
+      windows than the static buffer holds.
     """
 
     tokens: Array
     keep: Array
-    aux_loss: Array | None
+    aux_sum: Array | None
+    aux_windows: Array | None
     vit_overflow: Array
 
 
@@ -83,11 +85,12 @@ def encode_video_pruned(
     x, hidden = vit.run(vit.embed(pixel_values.reshape(b * f, n, p)), 0, s.layer + 1, depths)
     valid = jnp.asarray(window_idx >= 0)
     window_patches = (x[:, jnp.maximum(window_idx, 0)] * valid[..., None]).reshape(b, f, num_windows, -1, x.shape[-1])
-    bias, aux = None, None
+    bias, aux_sum, aux_count = None, None, None
     if s.uses_scorer:
         scores = scorer(window_patches, valid, times)
         target = temporal_dissimilarity(window_patches, times)
-        aux = aux_loss(scores, target, times, real, s.aux_stop_gradient)
+        aux_sum = aux_squared_error(scores, target, times, real, s.aux_stop_gradient)
+        aux_count = aux_windows(frame_video_ids, num_windows)
         # 2. Block l+1 dense, its keys biased by the log-scores (the scorer's gradient path besides aux).
         bias = score_bias(scores, patch_window, cfg.vision.patch_grid, times, real, s).reshape(b * f, 1, 1, n)
     elif s.method == "heuristic":
@@ -128,7 +131,14 @@ def encode_video_pruned(
     )
     out.update({f"vit/block_{d}": h for d, h in hidden.items()})
     # More kept windows than the static buffer holds (a row with more videos than stts.max_videos_per_row).
-    return PrunedVideo(tokens=tokens, keep=keep, aux_loss=aux, vit_overflow=kept_windows > capacity), out
+    pruned = PrunedVideo(tokens, keep, aux_sum, aux_count, vit_overflow=kept_windows > capacity)
+    return pruned, out
+
+
+def aux_windows(frame_video_ids: Array, windows: int) -> Array:
+    """The windows the auxiliary loss averages over: those of every frame after its video's first."""
+    video, times, _ = pruning.frame_layout(frame_video_ids)
+    return ((video > 0) & (times > 0)).sum() * windows
 
 
 def remove_pruned_placeholders(

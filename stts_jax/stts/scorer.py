@@ -73,13 +73,15 @@ def temporal_dissimilarity(window_patches: Array, frame_times: Array) -> Array:
     return jnp.where(frame_times[..., None] > 0, 1.0 - cos, 0.0)
 
 
-def aux_loss(scores: Array, target: Array, frame_times: Array, frame_real: Array, stop_gradient: bool) -> Array:
-    """Mean over windows of real frames t >= 1 of (score - target)^2 (frame 0 contributes nothing)."""
+def aux_squared_error(
+    scores: Array, target: Array, frame_times: Array, frame_real: Array, stop_gradient: bool
+) -> Array:
+    """Sum over windows of real frames t >= 1 of (score - target)^2 (frame 0 contributes nothing); the aux
+    loss is this over `aux_windows` of the batch (of the whole batch, when this is a micro-batch)."""
     if stop_gradient:
         target = jax.lax.stop_gradient(target)
     counted = (frame_real & (frame_times > 0))[..., None]
-    sq = jnp.where(counted, (scores - target) ** 2, 0.0)
-    return sq.sum() / jnp.maximum(counted.sum() * scores.shape[-1], 1)
+    return jnp.where(counted, (scores - target) ** 2, 0.0).sum()
 
 
 def score_bias(

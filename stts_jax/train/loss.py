@@ -9,9 +9,10 @@ from stts_jax.vlm.model import Forward
 
 # How metrics of several micro-batches or batches combine: counts add up, a ratio is weighted by the count
 # it is a ratio of, any other metric is averaged.
-COUNT_METRICS = ("answer_tokens", "answer_examples", "llm_tokens", "overflow_rows")
+COUNT_METRICS = ("answer_tokens", "answer_examples", "llm_tokens", "overflow_rows", "aux_windows")
 RATIO_METRICS = {
     "answer_loss": "answer_tokens",
+    "aux_loss": "aux_windows",
     "answer_token_accuracy": "answer_tokens",
     "answer_accuracy": "answer_examples",
 }
@@ -75,14 +76,20 @@ def example_accuracy(mask, correct, segment_ids):
     return (has_answer > 0).sum(), ((has_answer > 0) & (any_wrong <= 0)).sum()
 
 
-def training_loss(logits, forward: Forward, batch, targets, aux_weight: float, normalizer=None):
-    """Loss on the sequence the LLM ran on (compacted if the model pruned) + aux_weight x aux loss."""
+def training_loss(logits, forward: Forward, batch, targets, aux_weight: float, normalizer=None, aux_normalizer=None):
+    """Loss on the sequence the LLM ran on (compacted if the model pruned) + aux_weight x aux loss. With
+    `normalizer` / `aux_normalizer` (a whole batch's answer tokens / aux windows) this is one micro-batch's
+    share of the batch's loss, so that the micro-batches' losses and gradients add up to the batch's."""
     tokens = forward.tokens
     ce, metrics = answer_cross_entropy(
         logits, tokens.input_ids, forward.follow(targets), tokens.segment_ids, normalizer
     )
     aux = forward.aux_loss
     metrics.update({"aux_loss": aux, "llm_tokens": (tokens.segment_ids > 0).sum()})
+    if forward.pruned is not None and forward.pruned.aux_sum is not None:
+        metrics["aux_windows"] = forward.pruned.aux_windows
+        if aux_normalizer is not None:
+            aux = forward.pruned.aux_sum / aux_normalizer
     if forward.pruned is not None:
         keep = forward.pruned.keep
         real = batch.frame_video_ids > 0

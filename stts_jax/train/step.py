@@ -11,8 +11,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stts_jax.models.config import Molmo2Config
+from stts_jax.stts.method import aux_windows
 from stts_jax.train.loss import answer_target_mask, combine_metrics, training_loss
 from stts_jax.vlm.model import Molmo2, VideoBatch
+from stts_jax.windows import windows_per_frame
 
 Array = jax.Array
 
@@ -46,19 +48,23 @@ def _train_step(
     accumulate: int = 1,
 ) -> tuple[TrainState, dict]:
     """One update over `batch`, as `accumulate` micro-batches of its rows whose gradients are summed
-    (the answer loss is normalised by the whole batch's target count, so the update is the same).
+    (the answer loss and the aux loss are normalised by the whole batch's target tokens and aux windows, so
+    the update is the same).
     metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state (params,
     optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
     normalizer = jnp.maximum(answer_target_mask(targets, batch.segment_ids).sum(), 1)
-    aux_weight = cfg.stts.effective_aux_weight / accumulate
+    aux_normalizer = (
+        jnp.maximum(aux_windows(batch.frame_video_ids, windows_per_frame(cfg)), 1) if cfg.stts.uses_scorer else None
+    )
 
     def micro_grads(micro):
         micro_batch, micro_targets, micro_rng = micro
 
         def loss_fn(params):
             logits, out = Molmo2(cfg).apply({"params": params}, micro_batch, rngs={"stts": micro_rng})
-            return training_loss(logits, out, micro_batch, micro_targets, aux_weight, normalizer)
+            aux_weight = cfg.stts.effective_aux_weight
+            return training_loss(logits, out, micro_batch, micro_targets, aux_weight, normalizer, aux_normalizer)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 

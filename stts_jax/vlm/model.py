@@ -67,8 +67,10 @@ class Forward:
 
     @property
     def aux_loss(self) -> Array:
-        """The STTS auxiliary loss (0 without a scorer)."""
-        return jnp.zeros(()) if self.pruned is None or self.pruned.aux_loss is None else self.pruned.aux_loss
+        """The STTS auxiliary loss of this batch (0 without a scorer)."""
+        if self.pruned is None or self.pruned.aux_sum is None:
+            return jnp.zeros(())
+        return self.pruned.aux_sum / jnp.maximum(self.pruned.aux_windows, 1)
 
     @property
     def overflow(self) -> Array | None:
