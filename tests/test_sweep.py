@@ -93,7 +93,9 @@ def test_a_preempted_run_stops_the_sweep_before_anything_is_evaluated(tmp_path, 
     import stts_jax.sweep.runner as runner
 
     trained = []
-    monkeypatch.setattr(runner, "train", lambda config, workdir, progress: trained.append(workdir) or {"preempted": True})
+    monkeypatch.setattr(
+        runner, "train", lambda config, workdir, progress: trained.append(workdir) or {"preempted": True}
+    )
     runs = parse_grid("stts.method=none,random")
     with pytest.raises(SweepPreempted, match="rerun the same command"):
         run_sweep(CONFIG, runs, str(tmp_path), progress=False)
