@@ -25,7 +25,7 @@ from absl import logging
 
 from stts_jax.data.pipeline import as_text
 from stts_jax.data.sources import source
-from stts_jax.evaluate import window_scores
+from stts_jax.evaluate.multiple_choice import window_scores
 from stts_jax.train.checkpoint import restore_params, run_config
 from stts_jax.train.experiment import load_config_file
 from stts_jax.train.loop import train

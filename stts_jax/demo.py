@@ -18,7 +18,7 @@ import shutil
 from absl import app, flags
 from absl import logging as absl_logging
 
-from stts_jax.evaluate import markdown_table
+from stts_jax.evaluate.multiple_choice import markdown_table
 from stts_jax.experiments.replication import get_sweep
 from stts_jax.export.formats import export
 from stts_jax.sweep.runner import BASE, run_name, run_sweep

@@ -220,7 +220,7 @@ def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
     """configs/manifest.py end to end at tiny sizes: mp4 files + JSONL + a tokenizer.json file -> TFDS
     -> two training steps with validation -> evaluation of the test split."""
     from stts_jax.data.sources import source
-    from stts_jax.evaluate import evaluate
+    from stts_jax.evaluate.multiple_choice import evaluate
     from stts_jax.train.checkpoint import restore_params
     from stts_jax.train.experiment import load_config_file
     from stts_jax.train.loop import train

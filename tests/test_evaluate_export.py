@@ -15,7 +15,7 @@ from conftest import ROOT, synthetic_config
 from stts_jax.convert.hf import hf_video_logits
 from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, ConfigError
-from stts_jax.evaluate import evaluate, frames_for_equal_tokens, scaled_data
+from stts_jax.evaluate.multiple_choice import evaluate, frames_for_equal_tokens, scaled_data
 from stts_jax.export.formats import export, load_export
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.loop import train
@@ -68,7 +68,7 @@ def test_option_answers_are_scored_by_their_words(run):
 
 
 def test_object_windows_follow_the_masks():
-    from stts_jax.evaluate import object_windows
+    from stts_jax.evaluate.multiple_choice import object_windows
     from stts_jax.models.variants import get_config
 
     cfg = get_config("tiny")  # 42 px frames, 7x7 patches of 6 px, 3x3 windows padded to 9x9 (one -1 row/col first)

@@ -23,7 +23,7 @@ from conftest import ROOT, stts_batch, synthetic_config
 
 from stts_jax.data.synthetic import SyntheticConfig
 from stts_jax.data.tokenizer import synthetic_tokenizer, token_id
-from stts_jax.evaluate import evaluate, scaled_frames
+from stts_jax.evaluate.multiple_choice import evaluate, scaled_frames
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
 from stts_jax.stts import budget

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from stts_jax.data.sources import source
 from stts_jax.errors import ConfigError
-from stts_jax.evaluate import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
+from stts_jax.evaluate.multiple_choice import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
 from stts_jax.train.checkpoint import restore_params, run_config
 

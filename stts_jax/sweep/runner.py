@@ -23,7 +23,7 @@ import ml_collections
 from stts_jax.bench.flops import abstract_batch, forward_flops, prompt_length
 from stts_jax.data.sources import source
 from stts_jax.errors import ConfigError
-from stts_jax.evaluate import evaluate, scaled_data, scaled_frames
+from stts_jax.evaluate.multiple_choice import evaluate, scaled_data, scaled_frames
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.command import train_command
 from stts_jax.train.experiment import load_config_file, load_python_file, model_config, pipeline_config
