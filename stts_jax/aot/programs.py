@@ -22,7 +22,7 @@ from stts_jax.data.pipeline import input_seq_len
 from stts_jax.errors import AOTError, ConfigError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import init_cache
-from stts_jax.train.experiment import model_config, pipeline_config
+from stts_jax.train.experiment import training_setup
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, param_shardings, state_shardings
 from stts_jax.train.step import init_state, param_shapes, sharded_train_step
@@ -124,21 +124,16 @@ class Workload:
 
 def workload(config: ml_collections.ConfigDict, hosts: int) -> Workload:
     """The config's model (splash attention) and batch shapes, as the training loop builds them."""
-    model = model_config(config).replace(attention_impl="splash")
-    pipeline = pipeline_config(config, model)
-    if model.stts.prunes:
-        model = model.replace(stts=dataclasses.replace(model.stts, llm_seq_len=pipeline.llm_seq_len))
-    optimizer = config.train.get("optimizer", {})
+    setup = training_setup(config, attention_impl="splash")
+    model, pipeline = setup.model, setup.pipeline
     return Workload(
-        model=model.validate(),
+        model=model,
         rows=pipeline.batch_size * hosts,  # data.batch_size is per host, as in the training loop
         frames=pipeline.max_frames,
         input_tokens=input_seq_len(model, pipeline),
         videos_per_row=pipeline.max_videos_per_row,
         accumulate=config.train.get("accumulate_steps", 1),
-        optimizer=OptimizerConfig(
-            **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in optimizer.items()}
-        ),
+        optimizer=setup.optimizer,
     )
 
 

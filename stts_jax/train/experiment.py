@@ -154,3 +154,24 @@ def pipeline_config(config: ml_collections.ConfigDict, model: Molmo2Config) -> P
             f"{model.stts.max_videos_per_row}: the kept-window buffer would overflow."
         )
     return pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """The typed configs a training run is built from (the training loop and the AOT tool share them)."""
+
+    model: Molmo2Config  # with stts.llm_seq_len = the pipeline's when it prunes: the length the LLM runs on
+    pipeline: PipelineConfig
+    optimizer: OptimizerConfig
+
+
+def training_setup(config: ml_collections.ConfigDict, **model_changes: Any) -> TrainingSetup:
+    """config -> validated model, pipeline and optimizer configs; `model_changes` set run-time model fields
+    (e.g. attention_impl="splash" for a TPU compile)."""
+    model = model_config(config).replace(**model_changes).validate()
+    pipeline = pipeline_config(config, model)
+    if model.stts.prunes:
+        model = model.with_stts(llm_seq_len=pipeline.llm_seq_len)
+    rules = config.train.get("optimizer", {})
+    optimizer = OptimizerConfig(**{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in rules.items()})
+    return TrainingSetup(model, pipeline, optimizer)

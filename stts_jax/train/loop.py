@@ -27,10 +27,10 @@ from stts_jax.data.pipeline import make_dataset, to_model_batch
 from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, TrainingError
 from stts_jax.train import checkpoint
-from stts_jax.train.experiment import model_config, pipeline_config
+from stts_jax.train.experiment import training_setup
 from stts_jax.train.loss import combine_metrics
 from stts_jax.train.metrics import MetricsWriter
-from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
+from stts_jax.train.optimizer import make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from stts_jax.train.step import init_state, param_shapes, sharded_eval_step, sharded_init, sharded_train_step
 
@@ -79,10 +79,8 @@ def _global(batch_array, sharding):
 
 def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
     """Trains to config.train.steps (resuming from `workdir`); returns the last step's train metrics."""
-    model = model_config(config)
-    pipeline = pipeline_config(config, model)
-    if model.stts.prunes and model.stts.llm_seq_len is None:
-        model = model.with_stts(llm_seq_len=pipeline.llm_seq_len)
+    setup = training_setup(config)
+    model, pipeline = setup.model, setup.pipeline
     train_cfg = config.train
     if pipeline.batch_size % train_cfg.accumulate_steps:
         raise TrainingError(
@@ -99,10 +97,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     rows = batch_sharding(mesh, pipeline.batch_size * jax.process_count())
 
     sample_video, _ = to_model_batch(next(iter(dataset)), model)  # shapes only
-    opt_cfg = OptimizerConfig(
-        **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in train_cfg.optimizer.items()}
-    )
-    optimizer = make_optimizer(opt_cfg, param_shapes(model, sample_video))
+    optimizer = make_optimizer(setup.optimizer, param_shapes(model, sample_video))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
     mgr = checkpoint.manager(workdir, train_cfg.keep_checkpoints)
