@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT
 from conftest import synthetic_config as load_config
+from test_train_loop import overrides
 
 from stts_jax.data.sources import source
 from stts_jax.train import checkpoint
@@ -35,22 +36,7 @@ TIMING = ("train/step_seconds", "train/tokens_per_second")  # wall-clock metrics
 
 def command(data_dir, workdir, steps: int, every: int, *extra: str) -> list[str]:
     """The training CLI at the sizes of conftest.synthetic_config (same config, same data)."""
-    return [
-        sys.executable,
-        "-m",
-        "stts_jax.train",
-        "--config=configs/synthetic.py:variant=tiny,frames=4",
-        f"--config.train.steps={steps}",
-        f"--config.train.checkpoint_every={every}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.train_examples=40",
-        "--config.data.eval_examples=8",
-        "--config.data.test_examples=8",
-        "--config.data.llm_seq_len=160",
-        "--config.train.eval_every=0",
-        f"--workdir={workdir}",
-        *extra,
-    ]
+    return [sys.executable, "-m", "stts_jax.train", *overrides(data_dir, steps, every), f"--workdir={workdir}", *extra]
 
 
 def start(args: list[str], cache: str | None = None) -> subprocess.Popen:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_train_step import answer_targets
 
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
@@ -124,16 +125,6 @@ def make_batch(cfg, rows, suffixes, duplicate, seed, drop=None):
         pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (len(rows), *pooling.shape)),
         frame_video_ids=jnp.asarray(frame_video_ids),
     )
-
-
-def answer_targets(batch, count=2):
-    """1 on the last `count` tokens of every example."""
-    seg = np.asarray(batch.segment_ids)
-    targets = np.zeros_like(seg)
-    for r in range(len(seg)):
-        for s in set(seg[r][seg[r] > 0].tolist()):
-            targets[r, np.flatnonzero(seg[r] == s)[-count:]] = 1
-    return jnp.asarray(targets)
 
 
 def videos_of(frame_video_ids_row):
@@ -415,7 +406,7 @@ def test_train_step_counts_overflow_rows(params):
     for seed, (rows, suffixes, drop) in enumerate(OVERFLOW_BATCHES):
         batch = make_batch(cfg, rows, suffixes, NO_DUP, seed, drop)
         flags = host_flags(cfg, batch, np.asarray(forward(params, batch)[1]["keep"]))
-        state, metrics = train_step(cfg, optimizer, state, batch, answer_targets(batch))
+        state, metrics = train_step(cfg, optimizer, state, batch, answer_targets(batch, 2))
         counts.append(int(metrics["overflow_rows"]))
         assert counts[-1] == int(np.any(list(flags.values()), axis=0).sum()), (rows, flags)
     assert counts == [1, 2, 0]
@@ -484,7 +475,7 @@ def test_splash_equals_xla_in_logits_and_every_gradient(params):
     backward is the kernel's own, merged over the LLM's two passes by a custom VJP."""
     cfg = stts_config(0.5, max_videos_per_row=3)
     batch = make_batch(cfg, [[1, 2, 1], [2, 1, 1]], [[3, 3, 3], [4, 4, 4]], NO_DUP, 5)
-    targets = answer_targets(batch)
+    targets = answer_targets(batch, 2)
     results = {}
     for impl in ("xla", "splash"):
         results[impl], jaxpr = loss_and_grads(cfg.replace(attention_impl=impl), params, batch, targets)
