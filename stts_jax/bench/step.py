@@ -126,7 +126,7 @@ def measured_packing_efficiency(cfg: Molmo2Config, params: dict, batch: VideoBat
     """Real patches / slots of the packed ViT buffer on `batch` (only the blocks up to pruning run)."""
     model = Molmo2(cfg)
     efficiency = jax.jit(
-        lambda p, b: model.apply({"params": p}, b, method=Molmo2.prepare, rngs=STTS_RNG)[2]["stts/packing_efficiency"]
+        lambda p, b: model.apply({"params": p}, b, method=Molmo2.prepare, rngs=STTS_RNG)[-1]["stts/packing_efficiency"]
     )
     return float(efficiency(params, batch))
 
