@@ -12,7 +12,7 @@ from conftest import stts_batch
 
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
-from stts_jax.train.loss import answer_cross_entropy
+from stts_jax.train.loss import answer_cross_entropy, combine_metrics
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer, param_groups, param_path
 from stts_jax.train.step import init_state, param_shapes, train_step
 
@@ -119,3 +119,16 @@ def test_gradient_accumulation_gives_the_same_update():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5 + 1e-4 * np.abs(a).max())
+
+
+def test_unpruned_runs_combine_their_metrics_like_pruned_ones():
+    """Micro-batches (accumulation) and validation batches of a model without a scorer combine by the same
+    table as STTS's: the aux loss is 0 over 0 windows, not a missing weight."""
+    cfg, batch, optimizer, state = setup("none")
+    batch = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), batch)  # 4 rows
+    _, metrics = train_step(cfg, optimizer, state, batch, answer_targets(batch), accumulate=2)
+    assert float(metrics["aux_loss"]) == 0.0 and int(metrics["aux_windows"]) == 0
+    stacked = {k: jnp.stack([v, v]) for k, v in metrics.items()}
+    combined = combine_metrics(stacked)
+    assert int(combined["answer_tokens"]) == 2 * int(metrics["answer_tokens"])
+    np.testing.assert_allclose(float(combined["answer_loss"]), float(metrics["answer_loss"]), rtol=1e-6)
