@@ -86,11 +86,11 @@ def training_loss(logits, forward: Forward, batch, targets, aux_weight: float, n
     )
     aux = forward.aux_loss
     metrics.update({"aux_loss": aux, "llm_tokens": (tokens.segment_ids > 0).sum()})
-    metrics["aux_windows"] = jnp.zeros((), jnp.int32)  # every run reports the same metrics: they combine alike
-    if forward.pruned is not None and forward.pruned.aux_sum is not None:
-        metrics["aux_windows"] = forward.pruned.aux_windows
-        if aux_normalizer is not None:
-            aux = forward.pruned.aux_sum / aux_normalizer
+    scored = forward.pruned is not None and forward.pruned.aux_sum is not None
+    # every run reports the same metrics (0 windows without a scorer), so that they combine alike
+    metrics["aux_windows"] = forward.pruned.aux_windows if scored else jnp.zeros((), jnp.int32)
+    if scored and aux_normalizer is not None:
+        aux = forward.pruned.aux_sum / aux_normalizer
     if forward.pruned is not None:
         keep = forward.pruned.keep
         real = batch.frame_video_ids > 0

@@ -63,8 +63,9 @@ def _train_step(
 
         def loss_fn(params):
             logits, out = Molmo2(cfg).apply({"params": params}, micro_batch, rngs={"stts": micro_rng})
-            aux_weight = cfg.stts.effective_aux_weight
-            return training_loss(logits, out, micro_batch, micro_targets, aux_weight, normalizer, aux_normalizer)
+            return training_loss(
+                logits, out, micro_batch, micro_targets, cfg.stts.effective_aux_weight, normalizer, aux_normalizer
+            )
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
