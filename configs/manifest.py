@@ -1,4 +1,4 @@
-"""STTS on any video-QA set written as a JSONL manifest (see README, "Real datasets").
+"""STTS on any video-QA set written as a JSONL manifest (see README, "Data").
 
 For the training entry point (issue #5), e.g.:
   python -m stts_jax.train --config=configs/manifest.py:variant=molmo2-4b,prune_ratio=0.5 \
@@ -11,34 +11,16 @@ Arguments: variant, method, prune_ratio, max_frames (per video; 64 in the paper)
 
 import ml_collections
 
-from stts_jax.train.experiment import parse_arg, train_section
+from stts_jax.train.experiment import manifest_data_section, parse_arg, train_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="molmo2-4b", method="stts", prune_ratio=0.5, max_frames=64, seed=0)
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "bfloat16", "param_dtype": "float32"})
-    config.stts = ml_collections.ConfigDict(
-        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": 2}
-    )
-    config.data = ml_collections.ConfigDict(
-        {
-            "dataset": "manifest_video_qa",
-            "data_dir": "/tmp/stts_jax_data",
-            "name": "default",  # the TFDS config name the manifests are built under in data_dir
-            "train_manifest": "",  # required: --config.data.train_manifest=PATH
-            "eval_manifest": "",  # the validation split (train.eval_every > 0 needs it)
-            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
-            "video_frames": a.max_frames,  # sampled per video (at most 2 fps)
-            "batch_size": 64,
-            "max_frames": 2 * a.max_frames,  # frame slots per row: about two examples per row
-            "llm_seq_len": 9686,  # the paper's sequence length
-            "max_videos_per_row": 2,
-            "packing_bins": 8,
-            "seed": a.seed,
-            "strict": False,
-        }
-    )
+    config.stts = ml_collections.ConfigDict({"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3})
+    # rows of about two examples of the paper's sequence length (9,686 tokens), 64 rows per host
+    config.data = manifest_data_section(a.max_frames, batch_size=64, videos_per_row=2, llm_seq_len=9686, seed=a.seed)
     # the paper: 6,250 steps from Molmo2's captioning checkpoint (--config.train.init_from=DIR)
     config.train = train_section(steps=6250, seed=a.seed)
     return config

@@ -17,3 +17,12 @@ class TrainingError(RuntimeError):
 
 class AOTError(RuntimeError):
     """The program cannot run as configured on the slice; the message says why and what to change."""
+
+
+class DataError(ValueError):
+    """An example cannot be used; the message names the file (and line) and the problem; `kind` is a
+    short category for the skip counters."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind

@@ -49,14 +49,23 @@ def tiny_hf(tmp_path_factory):
     return cfg, model, path
 
 
-def stts_batch(cfg, rows: list[list[int]], frames: int, seq: int, seed: int = 0):
+def stts_batch(
+    cfg,
+    rows: list[list[int]],
+    frames: int,
+    seq: int,
+    seed: int = 0,
+    llm_seq_len: int | None = None,
+    videos_per_row: int = 2,
+):
     """A VideoBatch of packed rows for the pruning path: rows[r] lists the frame counts of the videos
     packed in row r (one example each: text, per frame a timestamp, <frame_start>, one placeholder
-    per window, <frame_end>, then a question). Frame slots past the row's videos are padding."""
+    per window, <frame_end>, then a question). Frame slots past the row's videos are padding. Its
+    layout: `llm_seq_len` tokens after pruning (None: `seq`), up to `videos_per_row` videos per row."""
     import jax.numpy as jnp
     import numpy as np
 
-    from stts_jax.vlm.model import VideoBatch
+    from stts_jax.vlm.model import RowLayout, VideoBatch
     from stts_jax.windows import pooling_windows, video_pooling_indices
 
     rng = np.random.default_rng(seed)
@@ -92,4 +101,5 @@ def stts_batch(cfg, rows: list[list[int]], frames: int, seq: int, seed: int = 0)
         ),
         pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (len(rows), *pooling.shape)),
         frame_video_ids=jnp.asarray(frame_video_ids),
+        layout=RowLayout(llm_seq_len, videos_per_row),
     )

@@ -51,8 +51,6 @@ def setup(config):
     """(model config, pipeline config, optimizer, training source, tokenizer), built from `config` as the loop does."""
     model = model_config(config)
     pipeline = pipeline_config(config, model)
-    if model.stts.prunes and model.stts.llm_seq_len is None:
-        model = model.with_stts(llm_seq_len=pipeline.llm_seq_len)
     train_source, tokenizer = source(config, "train")
     return model, pipeline, train_source, tokenizer
 
@@ -74,8 +72,8 @@ def make_trainer(config, model, sample, mesh, global_rows: int):
     return shape, shardings, rows, init, step
 
 
-def run_step(step, state, host_batch: dict, model, rows):
-    video, targets = to_model_batch(host_batch, model)
+def run_step(step, state, host_batch: dict, model, pipeline, rows):
+    video, targets = to_model_batch(host_batch, model, pipeline.layout)
     state, metrics = step(state, jax.device_put(video, rows), jax.device_put(targets, rows))
     return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -97,13 +95,13 @@ if __name__ == "__main__":
     ]
     iterators = [iter(d) for d in hosts]
     concat = lambda batches: {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    sample, _ = to_model_batch(concat([next(iter(d)) for d in hosts]), model)
+    sample, _ = to_model_batch(concat([next(iter(d)) for d in hosts]), model, pipeline.layout)
     mesh = make_mesh(MeshConfig(**config.train.mesh))
     _, _, rows, init, step = make_trainer(config, model, sample, mesh, 2 * pipeline.batch_size)
     state = init()
     results, history = {}, []
     for n in range(1, steps + 1):
-        state, metrics = run_step(step, state, concat([next(it) for it in iterators]), model, rows)
+        state, metrics = run_step(step, state, concat([next(it) for it in iterators]), model, pipeline, rows)
         history.append(metrics)
         results |= flat(state.params, f"step{n}/params")
     results |= {f"metrics/{k}": np.asarray([m[k] for m in history]) for k in history[0]}

@@ -39,7 +39,7 @@ if __name__ == "__main__":
     config = synthetic_config(data_dir, BEFORE + AFTER, BEFORE + AFTER)
     model, pipeline, train_source, tokenizer = setup(config)
     dataset, _ = make_dataset(train_source, model, pipeline, tokenizer)
-    sample, _ = to_model_batch(next(iter(dataset)), model)
+    sample, _ = to_model_batch(next(iter(dataset)), model, pipeline.layout)
     big, small = make_mesh(MeshConfig(2, 2, 2), devices), make_mesh(MeshConfig(1, 2, 2), devices[:4])
     shape, _, rows, init, big_step = make_trainer(config, model, sample, big, pipeline.batch_size)
     state = init()
@@ -47,7 +47,7 @@ if __name__ == "__main__":
 
     iterator = iter(dataset)
     for _ in range(BEFORE):
-        state, _ = run_step(big_step, state, next(iterator), model, rows)
+        state, _ = run_step(big_step, state, next(iterator), model, pipeline, rows)
     mgr = checkpoint.manager(workdir)
     checkpoint.save(mgr, int(state.step), state, iterator)
     mgr.wait_until_finished()
@@ -57,7 +57,7 @@ if __name__ == "__main__":
     batches, losses = [], []
     for _ in range(AFTER):
         batches.append(next(iterator))
-        state, metrics = run_step(big_step, state, batches[-1], model, rows)
+        state, metrics = run_step(big_step, state, batches[-1], model, pipeline, rows)
         losses.append(metrics["loss"])
     results |= flat(state, "uninterrupted") | {"uninterrupted/losses": np.asarray(losses)}
     for i, batch in enumerate(batches):
@@ -74,13 +74,13 @@ if __name__ == "__main__":
     for i in range(AFTER):
         batch = next(fresh)
         results.update({f"restored/batch{i}/{k}": v for k, v in batch.items()})
-        restored, metrics = run_step(small_step, restored, batch, model, small_rows)
+        restored, metrics = run_step(small_step, restored, batch, model, pipeline, small_rows)
         losses.append(metrics["loss"])
     results |= flat(restored, "restored") | {"restored/losses": np.asarray(losses)}
 
     replayed = jax.device_put(saved, small_shardings)
     for batch in batches:
-        replayed, _ = run_step(small_step, replayed, batch, model, small_rows)
+        replayed, _ = run_step(small_step, replayed, batch, model, pipeline, small_rows)
     results.update(flat(replayed, "replayed"))
     np.savez(out, **results)
     print("saved at", BEFORE, "continued", AFTER, "steps on", big.devices.shape, "and", small.devices.shape)

@@ -26,10 +26,8 @@ def build(mesh_shape, devices, steps=3):
     """Trains `steps` steps on a mesh -> (cfg, optimizer, state, state shape, batch, a data iterator, losses)."""
     import grain
 
-    cfg = get_config(
-        "tiny", stts=STTSConfig(method="stts", prune_ratio=0.5, layer=1, max_videos_per_row=2, llm_seq_len=72)
-    )
-    batch = stts_batch(cfg, [[2, 1], [3], [1, 2], [2]], 4, 96)
+    cfg = get_config("tiny", stts=STTSConfig(method="stts", prune_ratio=0.5, layer=1))
+    batch = stts_batch(cfg, [[2, 1], [3], [1, 2], [2]], 4, 96, llm_seq_len=72)
     targets = answer_targets(batch)
     rates = tuple((p, lr * 100) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=20)

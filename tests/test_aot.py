@@ -156,6 +156,6 @@ def test_slice_configs_follow_the_paper_recipe(name, hosts):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     w = aot_programs.workload(module.get_config(""), hosts)
-    assert (w.rows, w.frames, w.videos_per_row, w.llm_tokens) == (64, 128, 2, 9686)  # STTS.md section 8
+    assert (w.rows, w.frames, w.layout.max_videos_per_row, w.llm_tokens) == (64, 128, 2, 9686)  # STTS.md section 8
     assert w.input_tokens == 9686 + 64 * 81  # k = 0.5 prunes floor(81 * 0.5 * 128) windows per row
     assert w.model.attention_impl == "splash" and w.model.dtype == "bfloat16"

@@ -26,7 +26,6 @@ def test_configs_build_valid_typed_configs(name):
     model = model_config(config)
     pipeline = pipeline_config(config, model)
     assert model.stts.prune_ratio == 0.3 and pipeline.prune_ratio == 0.3
-    assert pipeline.max_videos_per_row <= model.stts.max_videos_per_row
 
 
 def test_replication_sweep_is_valid_and_complete(monkeypatch):
@@ -68,6 +67,6 @@ def test_bad_values_name_the_field():
     with pytest.raises(ConfigError, match="expected key=value"):
         get("ratio=0.5")
     config = get("")
-    config.data.max_videos_per_row = 3
-    with pytest.raises(ConfigError, match="data.max_videos_per_row"):
+    config.data.max_videos_per_row = 0
+    with pytest.raises(ConfigError, match="data.max_videos_per_row 0 must be >= 1"):
         pipeline_config(config, model_config(config))

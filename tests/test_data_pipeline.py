@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from conftest import ROOT
 
-from stts_jax.data.builders import (
-    DataError,
-    ManifestBuilderConfig,
-    ManifestVideoQA,
-    SyntheticBuilderConfig,
-    build_synthetic,
-)
+from stts_jax.data.builders import SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch
 from stts_jax.data.synthetic import COLORS, FAMILIES, QUESTION_WORDS, SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
@@ -98,7 +91,7 @@ def test_packed_batches_follow_the_contract(synthetic):
                 pruned_total += budget.pruned_windows(t, windows, p.prune_ratio)
             assert (segs > 0).sum() - pruned_total <= p.llm_seq_len  # post-pruning budget respected
             assert len(set(segs[segs > 0].tolist())) <= p.max_videos_per_row
-        video, targets = to_model_batch(batch, cfg)
+        video, targets = to_model_batch(batch, cfg, p.layout)
         assert video.pixel_values.dtype == np.float32 and float(np.abs(video.pixel_values).max()) <= 1.0
         assert int(targets.sum()) > 0
 
@@ -141,66 +134,6 @@ def _write_mp4(path, frames, fps, size=(48, 64)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def test_manifest_builder_decodes_real_mp4s_and_counts_bad_lines(tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    _write_mp4(str(videos / "ten_fps.mp4"), 30, 10)  # 3 s -> 6 frames at 2 fps
-    _write_mp4(str(videos / "four_fps.mp4"), 12, 4)  # 3 s -> 6 frames
-    _write_mp4(str(videos / "clip.mp4"), 100, 10)  # 10 s, clipped to [2, 4] s
-    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    _write_mp4(str(videos / "empty.mp4"), 0, 10)  # a valid mp4 container without a single frame
-    lines = [
-        {"id": "a", "video": "videos/ten_fps.mp4", "question": "Is it bright?", "options": ["yes", "no"], "answer": 1},
-        {"id": "b", "video": "videos/four_fps.mp4", "question": "What is shown?", "answer": "a grey card"},
-        {
-            "id": "c",
-            "video": "videos/clip.mp4",
-            "question": "q",
-            "options": ["x", "y"],
-            "answer": 0,
-            "start": 2,
-            "end": 4,
-        },
-        {"id": "d", "video": "videos/corrupt.mp4", "question": "q", "options": ["x"], "answer": 0},
-        {"id": "e", "video": "videos/nowhere.mp4", "question": "q", "options": ["x"], "answer": 0},
-        {"id": "f", "video": "videos/ten_fps.mp4", "question": "q", "options": ["x", "y"], "answer": 2},
-        {"id": "g", "video": "videos/ten_fps.mp4", "options": ["x"], "answer": 0},
-        {"id": "h", "video": "videos/empty.mp4", "question": "q", "options": ["x"], "answer": 0},
-    ]
-    manifest = tmp_path / "train.jsonl"
-    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
-    config = ManifestBuilderConfig(name="toy", manifests=(("train", str(manifest)),))
-    builder = ManifestVideoQA(data_dir=str(tmp_path / "data"), config=config, file_format="array_record")
-    builder.download_and_prepare()
-    source = tfds.data_source("manifest_video_qa/toy", data_dir=str(tmp_path / "data"), split="train")
-    got = {source[i]["id"].decode(): source[i] for i in range(len(source))}
-    assert sorted(got) == ["a", "b", "c"]
-    assert got["a"]["video"].shape == (6, 48, 64, 3) and got["b"]["video"].shape[0] == 6
-    np.testing.assert_allclose(got["c"]["timestamps"], [2.0, 2.5, 3.0, 3.5, 4.0])
-    assert got["b"]["answer"] == -1 and got["b"]["answer_text"] == b"a grey card"
-    report = json.loads((Path(builder.data_dir) / "skipped.json").read_text())
-    assert report == {
-        "train": {
-            "unreadable video": 1,
-            "missing file": 1,
-            "answer out of range": 1,
-            "missing field": 1,
-            "malformed line": 1,
-            "no frames": 1,
-        }
-    }
-    strict = ManifestBuilderConfig(name="strict", manifests=(("train", str(manifest)),), strict=True)
-    # and the pipeline runs on it: the three usable examples come out packed
-    tokenizer = synthetic_tokenizer(["is", "it", "bright", "yes", "no", "what", "shown", "a", "grey", "card", "q"])
-    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=200, max_videos_per_row=1, repeat=False, shuffle=False)
-    batches = list(make_dataset(source, get_config("tiny"), p, tokenizer)[0])
-    assert sorted(int((b["pixels_segment_ids"] > 0).sum()) for b in batches) == [5, 6, 6]
-    with pytest.raises(DataError, match=r"train.jsonl:4: .*corrupt.mp4"):
-        ManifestVideoQA(
-            data_dir=str(tmp_path / "strict"), config=strict, file_format="array_record"
-        ).download_and_prepare()
 
 
 def test_hosts_read_disjoint_shards(synthetic):
@@ -254,6 +187,8 @@ def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
         tokenizer=str(tokenizer_file),
         batch_size=2,
         llm_seq_len=160,
+        build_workers=0,
+        progress=False,
     )
     config.model.dtype = "float32"
     config.stts.layer = 1
@@ -264,3 +199,8 @@ def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
     test, tokenizer = source(config, "test")
     results = evaluate(cfg, params, test, tokenizer, batch_size=4, progress=False)
     assert results["examples"] == 12 and results["frames_per_example"] == 4  # 2 s at 4 fps, 2 fps sampling
+    config.data.mode = "on_the_fly"  # the same split decoded from the videos as it is read: no build
+    live, _ = source(config, "test")
+    assert type(live).__name__ == "OnTheFlySource"
+    results = evaluate(cfg, params, live, tokenizer, batch_size=4, progress=False)
+    assert results["examples"] == 12 and results["frames_per_example"] == 4 and not results["skipped"]

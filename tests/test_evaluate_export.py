@@ -123,9 +123,7 @@ def test_orbax_export_evaluates_to_the_same_accuracy(run, tmp_path):
     loaded_cfg, loaded = load_export(str(tmp_path / "orbax"))
     test_source, tokenizer = source(config, "test")
     a = evaluate(cfg, params, test_source, tokenizer, limit=12, progress=False)
-    b = evaluate(
-        loaded_cfg.with_stts(llm_seq_len=cfg.stts.llm_seq_len), loaded, test_source, tokenizer, limit=12, progress=False
-    )
+    b = evaluate(loaded_cfg, loaded, test_source, tokenizer, limit=12, progress=False)
     assert a["predictions"] == b["predictions"] and a["accuracy"] == b["accuracy"]
     export(cfg, params, str(tmp_path / "bf16"), "orbax", dtype="bfloat16")
     _, half = load_export(str(tmp_path / "bf16"))

@@ -41,9 +41,7 @@ REFERENCE_ROWS = len(ROWS) * len(OPTION_LENGTHS)
 def model_config(method: str):
     if method == "none":
         return get_config("tiny")
-    return get_config(
-        "tiny", stts=STTSConfig(method=method, prune_ratio=0.5, layer=1, max_videos_per_row=1, llm_seq_len=48)
-    )
+    return get_config("tiny", stts=STTSConfig(method=method, prune_ratio=0.5, layer=1))
 
 
 # The test's own computations compile with XLA's cheap settings (about half the compile time on CPU);
@@ -65,7 +63,9 @@ def full_forward(cfg, params, batch):
 
 def continued(batch: VideoBatch, rows: list[int], continuations: list[list[int]]) -> VideoBatch:
     """REFERENCE_ROWS rows (the last entry repeated to fill): row rows[i]'s prompt followed by
-    continuations[i] as more tokens of the same example, positions continuing, padded to REFERENCE_LEN."""
+    continuations[i] as more tokens of the same example, positions continuing, padded to REFERENCE_LEN.
+    The model runs without a cache over the whole sequence: compaction to the input's own length (the
+    default layout)."""
     rows = rows + [rows[-1]] * (REFERENCE_ROWS - len(rows))
     continuations = continuations + [continuations[-1]] * (REFERENCE_ROWS - len(continuations))
     ids, seg = np.asarray(batch.input_ids), np.asarray(batch.segment_ids)
@@ -84,16 +84,11 @@ def continued(batch: VideoBatch, rows: list[int], continuations: list[list[int]]
     )
 
 
-def reference_cfg(cfg):
-    """The same model run without a cache over the whole sequence: compaction to the input's own length."""
-    return cfg.with_stts(llm_seq_len=None) if cfg.stts.prunes else cfg
-
-
 @pytest.fixture(scope="module", params=["none", "stts"])
 def scored(request):
     """(cfg, params, batch, options [B, K, L], greedy tokens, option scores) of one generate_and_score call."""
     cfg = model_config(request.param)
-    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=5)
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=5, llm_seq_len=48, videos_per_row=1)
     params = init_params(cfg, batch)
     # sharper next-token distributions than the random init's near-uniform ones: a log-probability read
     # at the wrong token or slot is then far off, and greedy choices are not near-ties
@@ -110,9 +105,7 @@ def test_option_scores_are_summed_log_probabilities_of_a_full_forward(scored):
     cfg, params, batch, options, _, scores = scored
     pairs = [(r, k) for r in range(len(ROWS)) for k in range(len(OPTION_LENGTHS))]
     tails = [[int(t) for t in options[r, k] if t > 0] for r, k in pairs]
-    log_p, ids, seg = map(
-        np.asarray, full_forward(reference_cfg(cfg), params, continued(batch, [r for r, _ in pairs], tails))
-    )
+    log_p, ids, seg = map(np.asarray, full_forward(cfg, params, continued(batch, [r for r, _ in pairs], tails)))
     expected = np.zeros_like(scores)
     for i, ((r, k), tail) in enumerate(zip(pairs, tails, strict=True)):
         real = int((seg[i] > 0).sum())
@@ -128,7 +121,7 @@ def test_greedy_tokens_are_step_by_step_argmax_of_full_forwards(scored):
     rows = list(range(len(ROWS)))
     generated = [[] for _ in rows]
     for _ in range(NEW_TOKENS):
-        log_p, _, seg = map(np.asarray, full_forward(reference_cfg(cfg), params, continued(batch, rows, generated)))
+        log_p, _, seg = map(np.asarray, full_forward(cfg, params, continued(batch, rows, generated)))
         for r in rows:
             last = int((seg[r] > 0).sum()) - 1
             top2 = np.sort(log_p[r, last])[-2:]
@@ -155,7 +148,7 @@ def test_generation_and_scoring_compile_once_across_batch_contents(scored, monke
     rng = np.random.default_rng(2)
     lengths, results = {tuple((np.asarray(batch.segment_ids) > 0).sum(1).tolist())}, [scores]
     for seed, rows in enumerate([[[4], [1]], [[3], [3]], [[1], [2]]], start=10):
-        other = stts_batch(cfg, rows, FRAMES, SEQ, seed=seed)
+        other = stts_batch(cfg, rows, FRAMES, SEQ, seed=seed, llm_seq_len=48, videos_per_row=1)
         lengths.add(tuple((np.asarray(other.segment_ids) > 0).sum(1).tolist()))
         other_options = np.where(
             np.arange(options.shape[2]) < rng.integers(1, options.shape[2] + 1, size=options.shape[:2])[..., None],
@@ -221,7 +214,7 @@ def letter_b_model(cfg, tokenizer):
     its own token only, and only those two tokens have non-zero embeddings."""
     assistant, letter_b = (tokenizer.encode(t, add_special_tokens=False).ids[-1] for t in ("assistant\n", "B"))
     end = token_id(tokenizer, "<|im_end|>")
-    batch = stts_batch(cfg, [[2]], 3, 48)
+    batch = stts_batch(cfg, [[2]], 3, 48, videos_per_row=1)
     params = jax.tree.map(np.array, init_params(cfg, batch))
     text = params["text"]
     text["blocks"]["o"]["kernel"][:] = 0

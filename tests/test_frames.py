@@ -37,16 +37,20 @@ def test_patches_equal_transformers_processing(shape):
 
 
 def test_frame_sampling_follows_molmo2():
+    at = lambda n, fps: np.arange(n) / fps  # the presentation times of a constant-rate video
     # 10 s at 30 fps: 2 fps gives 20 frames + the one at 10 s is past the end -> 20 frames, 0.5 s apart
-    idx, times = sample_frames(300, 30.0, max_frames=64)
+    idx, times = sample_frames(at(300, 30.0), max_frames=64)
     assert len(idx) == 20 and np.allclose(np.diff(times), 0.5)
     # 100 s at 25 fps: more than 64 at 2 fps -> 64 frames uniform, first and last included
-    idx, times = sample_frames(2500, 25.0, max_frames=64)
+    idx, times = sample_frames(at(2500, 25.0), max_frames=64)
     assert len(idx) == 64 and idx[0] == 0 and idx[-1] == 2499
-    # a 1 fps video is taken whole; start/end clip it
-    idx, _ = sample_frames(12, 1.0, max_frames=64)
+    # a 1 fps video is taken whole, each frame once; start/end clip it
+    idx, _ = sample_frames(at(12, 1.0), max_frames=64)
     np.testing.assert_array_equal(idx, np.arange(12))
-    idx, times = sample_frames(300, 30.0, max_frames=64, start=2.0, end=4.0)
+    idx, times = sample_frames(at(300, 30.0), max_frames=64, start=2.0, end=4.0)
     np.testing.assert_allclose(times, [2.0, 2.5, 3.0, 3.5, 4.0])
+    # a variable rate: each sample is the frame on screen then (shown at or before it)
+    idx, times = sample_frames([0, 0.2, 1.0, 1.1, 1.39, 3.0, 5.0, 5.05], max_frames=64)
+    np.testing.assert_array_equal(idx, [0, 1, 2, 4, 5, 6])
     with pytest.raises(ValueError, match="holds no frame"):
-        sample_frames(30, 30.0, 8, start=5.0)
+        sample_frames(at(30, 30.0), 8, start=5.0)

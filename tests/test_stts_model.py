@@ -28,7 +28,7 @@ RNG = {"stts": jax.random.key(7)}
 def stts_config(**changes):
     """tiny with STTS after block 1: blocks 0-1 dense, block 2 biased, blocks 3-4 packed; the adapter
     reads depth 3 (dense side) and depth 5 (packed side)."""
-    fields = {"method": "stts", "prune_ratio": 0.5, "layer": 1, "max_videos_per_row": 2} | changes
+    fields = {"method": "stts", "prune_ratio": 0.5, "layer": 1} | changes
     return get_config("tiny", stts=STTSConfig(**fields))
 
 
@@ -91,8 +91,8 @@ def _host_shortened(cfg, batch, keep, length):
 
 @pytest.mark.parametrize("policy", ["renumber", "keep"])
 def test_in_graph_removal_equals_host_built_sequence(policy):
-    cfg = stts_config(position_policy=policy, llm_seq_len=64)
-    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=1)
+    cfg = stts_config(position_policy=policy)
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=1, llm_seq_len=64)
     model = Molmo2(cfg)
     params = jax.jit(model.init)({"params": jax.random.key(0), **RNG}, batch)["params"]
     logits, out = jax.jit(lambda p, b: model.apply({"params": p}, b, rngs=RNG))(params, batch)
@@ -115,9 +115,9 @@ def test_in_graph_removal_equals_host_built_sequence(policy):
 
 
 def test_overflow_is_reported():
-    """Too short an LLM buffer, or more videos per row than configured: flagged, never silent."""
-    cfg = stts_config(llm_seq_len=40, max_videos_per_row=1)
-    batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
+    """Too short an LLM buffer, or more videos per row than the layout says: flagged, never silent."""
+    cfg = stts_config()
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, llm_seq_len=40, videos_per_row=1)
     params = jax.jit(Molmo2(cfg).init)({"params": jax.random.key(0), **RNG}, batch)["params"]
     _, out = jax.jit(lambda p: Molmo2(cfg).apply({"params": p}, batch, rngs=RNG))(params)
     np.testing.assert_array_equal(np.asarray(out.compacted.llm_overflow), [True, False])
@@ -196,7 +196,7 @@ def test_generation_after_pruning_continues_the_compacted_prompt(setup):
     from stts_jax.vlm.generate import greedy_generate
 
     cfg, batch, params = setup
-    cfg = dataclasses.replace(cfg, stts=dataclasses.replace(cfg.stts, llm_seq_len=64))
+    batch = batch.replace(layout=dataclasses.replace(batch.layout, llm_seq_len=64))
     logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
     last = np.asarray((out.tokens.segment_ids != 0).sum(-1) - 1)
     expected_first = np.asarray(logits)[np.arange(2), last].argmax(-1)

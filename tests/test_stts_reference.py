@@ -34,10 +34,11 @@ from stts_jax.models.connector import Connector
 from stts_jax.models.llm import TokenSequence
 from stts_jax.models.vit import VisionTransformer
 from stts_jax.train.loss import training_loss
-from stts_jax.vlm.model import Molmo2, VideoBatch
+from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch
 from stts_jax.windows import pooling_windows
 
 B, F, SEQ, LLM_LEN = 2, 4, 96, 64  # rows, frame slots per row, input tokens, LLM tokens after pruning
+LAYOUT = RowLayout(llm_seq_len=LLM_LEN, max_videos_per_row=2)  # what the batches below are packed as
 RATIOS = (0.3, 0.5, 0.75)
 RNG = {"stts": jax.random.key(3)}
 
@@ -45,8 +46,8 @@ RNG = {"stts": jax.random.key(3)}
 def stts_config(prune_ratio: float, **changes):
     """tiny (7x7 patches, 9 windows of <= 9 patches) with STTS after block 1: blocks 0-1 dense, block 2
     biased by the log-scores, blocks 3-4 on packed kept patches; the connector reads depths 5 and 3."""
-    fields = {"method": "stts", "prune_ratio": prune_ratio, "layer": 1, "max_videos_per_row": 2}
-    return get_config("tiny", stts=STTSConfig(**(fields | {"llm_seq_len": LLM_LEN} | changes)))
+    fields = {"method": "stts", "prune_ratio": prune_ratio, "layer": 1}
+    return get_config("tiny", stts=STTSConfig(**(fields | changes)))
 
 
 def geometry(cfg):
@@ -85,7 +86,7 @@ def capacity(frames: int, windows: int, k: float, max_videos: int) -> int:
 # -- batches -----------------------------------------------------------------------------------------------------
 
 
-def make_batch(cfg, rows, suffixes, duplicate, seed, drop=None):
+def make_batch(cfg, rows, suffixes, duplicate, seed, drop=None, layout=LAYOUT):
     """rows[r]: frame counts of the videos packed in row r (one example each: 3 text tokens, per frame a
     timestamp, <frame_start>, one placeholder per window, <frame_end>, then `suffixes[r][i]` text tokens).
     duplicate[r * F + slot]: the slot repeats the previous frame (a static scene: tied scores).
@@ -124,6 +125,7 @@ def make_batch(cfg, rows, suffixes, duplicate, seed, drop=None):
         pixel_values=jnp.asarray(pixels),
         pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (len(rows), *pooling.shape)),
         frame_video_ids=jnp.asarray(frame_video_ids),
+        layout=layout,
     )
 
 
@@ -344,7 +346,7 @@ def host_flags(cfg, batch, keep) -> dict[str, np.ndarray]:
     """Per row, from the definitions: more kept windows than the largest row of <= max_videos_per_row
     videos keeps; more surviving tokens than LLM_LEN; placeholders != windows x real frames."""
     k, w = cfg.stts.prune_ratio, len(geometry(cfg)[0])
-    cap = capacity(F, w, k, cfg.stts.max_videos_per_row)
+    cap = capacity(F, w, k, batch.layout.max_videos_per_row)
     ids, segs, fv = (np.asarray(x) for x in (batch.input_ids, batch.segment_ids, batch.frame_video_ids))
     flat = keep.reshape(len(ids), -1)
     flags = {"vit_overflow": [], "llm_overflow": [], "placeholder_mismatch": []}
@@ -358,7 +360,7 @@ def host_flags(cfg, batch, keep) -> dict[str, np.ndarray]:
         survivors = ((segs[r] != 0) & (~placeholder | flat[r, np.clip(rank, 0, flat.shape[1] - 1)])).sum()
         if not mismatch:  # then the count follows from the budgets alone
             assert survivors == (segs[r] != 0).sum() - sum(pruned(t, w, k) for _, t in videos)
-        flags["llm_overflow"].append(survivors > LLM_LEN)
+        flags["llm_overflow"].append(survivors > batch.layout.llm_seq_len)
     return {name: np.asarray(v) for name, v in flags.items()}
 
 
@@ -423,8 +425,8 @@ def test_training_loop_stops_on_a_row_that_lost_placeholders(tmp_path, monkeypat
 
     real = loop.to_model_batch
 
-    def truncated_prompt(batch, model_cfg):
-        video, targets = real(batch, model_cfg)
+    def truncated_prompt(batch, model_cfg, layout):
+        video, targets = real(batch, model_cfg, layout)
         ids = np.asarray(video.input_ids).copy()
         ids[0, np.flatnonzero(ids[0] == model_cfg.image_patch_id)[:2]] = 7
         return video.replace(input_ids=jnp.asarray(ids)), targets
@@ -473,8 +475,9 @@ def test_splash_forward_equals_xla_on_pruned_rows(params):
 def test_splash_equals_xla_in_logits_and_every_gradient(params):
     """Three videos per row at k = 0.5, the training loss (answer cross-entropy + aux loss); splash's
     backward is the kernel's own, merged over the LLM's two passes by a custom VJP."""
-    cfg = stts_config(0.5, max_videos_per_row=3)
-    batch = make_batch(cfg, [[1, 2, 1], [2, 1, 1]], [[3, 3, 3], [4, 4, 4]], NO_DUP, 5)
+    cfg = stts_config(0.5)
+    layout = RowLayout(LLM_LEN, max_videos_per_row=3)
+    batch = make_batch(cfg, [[1, 2, 1], [2, 1, 1]], [[3, 3, 3], [4, 4, 4]], NO_DUP, 5, layout=layout)
     targets = answer_targets(batch, 2)
     results = {}
     for impl in ("xla", "splash"):

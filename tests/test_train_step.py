@@ -30,13 +30,8 @@ def answer_targets(batch, count=3):
 
 
 def setup(method="stts", lr_scale=1.0, **optimizer_changes):
-    cfg = get_config(
-        "tiny",
-        stts=STTSConfig(
-            method=method, prune_ratio=0.5, layer=1, max_videos_per_row=2, llm_seq_len=72 if method != "none" else None
-        ),
-    )
-    batch = stts_batch(cfg, ROWS, FRAMES, SEQ)
+    cfg = get_config("tiny", stts=STTSConfig(method=method, prune_ratio=0.5, layer=1))
+    batch = stts_batch(cfg, ROWS, FRAMES, SEQ, llm_seq_len=72)
     rates = tuple((p, lr * lr_scale) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=50, **optimizer_changes)
     optimizer = make_optimizer(opt_cfg, param_shapes(cfg, batch))

@@ -41,13 +41,11 @@ def _counting_update(updates, state, params=None):
 SGD = optax.GradientTransformation(optax.sgd(1.0).init, _counting_update)
 
 
-def tiny(max_videos=2, llm_seq_len=72):
-    return get_config(
-        "tiny",
-        stts=STTSConfig(
-            method="stts", prune_ratio=0.5, layer=1, max_videos_per_row=max_videos, llm_seq_len=llm_seq_len
-        ),
-    )
+LLM_LEN = 72  # the batches' LLM tokens after pruning
+
+
+def tiny():
+    return get_config("tiny", stts=STTSConfig(method="stts", prune_ratio=0.5, layer=1))
 
 
 def reference_loss(cfg, params, batch, targets):
@@ -70,8 +68,8 @@ def four_rows():
     # (3 and 6), so a step that averaged the micro-batches' aux-loss means would miss the full batch's mean
     batch = jax.tree.map(
         lambda a, b: jnp.concatenate([a, b]),
-        stts_batch(cfg, ROWS, FRAMES, SEQ),
-        stts_batch(cfg, [[4], [4]], FRAMES, SEQ, seed=5),
+        stts_batch(cfg, ROWS, FRAMES, SEQ, llm_seq_len=LLM_LEN),
+        stts_batch(cfg, [[4], [4]], FRAMES, SEQ, seed=5, llm_seq_len=LLM_LEN),
     )
     targets = answer_targets(batch)
     params = init(cfg, SGD, batch, 0).params
@@ -118,7 +116,7 @@ CONTENTS = [
 def batches(cfg):
     out = []
     for rows, seed, answer in CONTENTS:
-        batch = stts_batch(cfg, rows, FRAMES, SEQ, seed=seed)
+        batch = stts_batch(cfg, rows, FRAMES, SEQ, seed=seed, llm_seq_len=LLM_LEN)
         out.append((batch, answer_targets(batch, answer)))
     lengths = {tuple((np.asarray(b.segment_ids) > 0).sum(1).tolist()) for b, _ in out}
     assert len(lengths) == len(out), "the batches differ in prompt lengths"

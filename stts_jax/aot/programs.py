@@ -26,7 +26,7 @@ from stts_jax.train.experiment import training_setup
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, param_shardings, state_shardings
 from stts_jax.train.step import init_state, param_shapes, sharded_train_step
-from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
+from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, last_token
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ class Workload:
     rows: int  # global batch (rows of packed examples)
     frames: int  # frame slots per row
     input_tokens: int  # tokens per row before pruning
-    videos_per_row: int
+    layout: RowLayout  # the rows' static shape, as the pipeline packs them
     accumulate: int
     optimizer: OptimizerConfig
 
     @property
     def llm_tokens(self) -> int:
-        return self.model.stts.llm_seq_len if self.model.stts.prunes else self.input_tokens
+        return self.layout.llm_seq_len if self.model.stts.prunes else self.input_tokens
 
     @property
     def prune_ratio(self) -> float:
@@ -118,8 +118,7 @@ class Workload:
 
     def baseline(self) -> Workload:
         """k = 0 on the same batches: no pruning, the LLM runs on every input token."""
-        stts = dataclasses.replace(self.model.stts, method="none", llm_seq_len=None)
-        return dataclasses.replace(self, model=self.model.replace(stts=stts))
+        return dataclasses.replace(self, model=self.model.with_stts(method="none"))
 
 
 def workload(config: ml_collections.ConfigDict, hosts: int) -> Workload:
@@ -131,14 +130,14 @@ def workload(config: ml_collections.ConfigDict, hosts: int) -> Workload:
         rows=pipeline.batch_size * hosts,  # data.batch_size is per host, as in the training loop
         frames=pipeline.max_frames,
         input_tokens=input_seq_len(model, pipeline),
-        videos_per_row=pipeline.max_videos_per_row,
+        layout=pipeline.layout,
         accumulate=config.train.get("accumulate_steps", 1),
         optimizer=setup.optimizer,
     )
 
 
 def _batch(w: Workload, cfg: Molmo2Config, rows: int) -> tuple[VideoBatch, jax.ShapeDtypeStruct]:
-    batch = abstract_batch(cfg, rows, w.frames, w.input_tokens)
+    batch = abstract_batch(cfg, rows, w.frames, w.input_tokens, w.layout)
     pixels = batch.pixel_values
     # the loop feeds normalised float32 pixels whatever the compute dtype
     batch = batch.replace(pixel_values=jax.ShapeDtypeStruct(pixels.shape, jnp.float32))
@@ -243,7 +242,7 @@ def run(
         "mesh": dict(mesh.shape),
         "rows": w.rows,
         "frames_per_row": w.frames,
-        "videos_per_row": w.videos_per_row,
+        "videos_per_row": w.layout.max_videos_per_row,
         "input_tokens": w.input_tokens,
         "llm_tokens": w.llm_tokens,
         "accumulate_steps": w.accumulate,

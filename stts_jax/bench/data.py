@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from stts_jax.bench import report
-from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
+from stts_jax.data.builders import ManifestBuilderConfig, SyntheticBuilderConfig, build_manifest, build_synthetic
+from stts_jax.data.clips import ClipSettings
 from stts_jax.data.pipeline import PipelineConfig, make_dataset, to_model_batch
 from stts_jax.data.synthetic import SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
@@ -90,16 +91,16 @@ def pipeline_rate(source, model_cfg, pipeline, tokenizer, batches: int) -> tuple
     return examples / (time.perf_counter() - start), kept
 
 
-def step_rate(model_cfg, batches: list) -> tuple[float, float]:
+def step_rate(model_cfg, pipeline: PipelineConfig, batches: list) -> tuple[float, float]:
     """(examples/s, median seconds per step) of `stts_jax.train.step.train_step` (loss, gradients,
-    AdamW update) on `batches`."""
-    video, targets = to_model_batch(batches[0], model_cfg)
+    AdamW update) on `batches` of `pipeline`."""
+    video, targets = to_model_batch(batches[0], model_cfg, pipeline.layout)
     optimizer = make_optimizer(OptimizerConfig(), param_shapes(model_cfg, video))
     state, _ = train_step(model_cfg, optimizer, init_state(model_cfg, optimizer, video, seed=0), video, targets)
     jax.block_until_ready(state)  # compiled and warmed up
     times = []
     for batch in batches[1:]:
-        video, targets = to_model_batch(batch, model_cfg)
+        video, targets = to_model_batch(batch, model_cfg, pipeline.layout)
         start = time.perf_counter()
         state, metrics = train_step(model_cfg, optimizer, state, video, targets)
         jax.block_until_ready((state, metrics))
@@ -121,26 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = SyntheticConfig(frames=8, size=64)
     tokenizer = synthetic_tokenizer(synthetic.vocabulary())
     pipeline = PipelineConfig(batch_size=4, max_frames=16, llm_seq_len=768, prune_ratio=0.5, max_videos_per_row=2)
-    stts = STTSConfig(method="stts", prune_ratio=0.5, layer=1, max_videos_per_row=2)
+    stts = STTSConfig(method="stts", prune_ratio=0.5, layer=1)
     rows = []
     with tempfile.TemporaryDirectory() as root:
         build_synthetic(root, SyntheticBuilderConfig(name="bench", synthetic=synthetic, num_examples=(("train", 200),)))
         manifest = write_manifest(root, 40, synthetic)
-        ManifestVideoQA(
-            data_dir=root,
-            config=ManifestBuilderConfig(name="bench", manifests=(("train", manifest),)),
-            file_format="array_record",
-        ).download_and_prepare()
         for variant in args.variants:
             model_cfg = get_config(variant, stts=stts)
+            stored = ClipSettings(max_frames=synthetic.frames, image_size=model_cfg.vision.image_size[0])
+            sources = {
+                "synthetic (array_record)": tfds.data_source("synthetic_video_qa/bench", data_dir=root, split="train"),
+                "manifest of mp4": build_manifest(
+                    root, ManifestBuilderConfig(name=f"bench_{variant}", manifest=manifest, clips=stored)
+                ),
+            }
             rates = {}
-            for name, dataset in (
-                ("synthetic (array_record)", "synthetic_video_qa"),
-                ("manifest of mp4", "manifest_video_qa"),
-            ):
-                source = tfds.data_source(f"{dataset}/bench", data_dir=root, split="train")
+            for name, source in sources.items():
                 rates[name], batches = pipeline_rate(source, model_cfg, pipeline, tokenizer, args.batches)
-            step_examples, step_seconds = step_rate(model_cfg, batches)
+            step_examples, step_seconds = step_rate(model_cfg, pipeline, batches)
             rows += [
                 {
                     "setup": f"input pipeline: {name}",

@@ -15,7 +15,14 @@ import argparse
 import jax
 
 from stts_jax.bench import report
-from stts_jax.bench.workload import abstract_batch, method_config, packing_efficiency, prompt_length, scorer_inputs
+from stts_jax.bench.workload import (
+    abstract_batch,
+    method_config,
+    packing_efficiency,
+    prompt_length,
+    row_layout,
+    scorer_inputs,
+)
 from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts.scorer import Scorer
@@ -48,8 +55,9 @@ def rows(variant: str, frames: int, batch: int, text_tokens: int, ratios: list[f
     scorer = scorer_flops(base, batch, frames)
     table = []
     for ratio in ratios:
-        cfg = method_config(base, ratio, frames, text_tokens)
-        flops = forward_flops(cfg, abstract_batch(cfg, batch, frames, seq))
+        cfg = method_config(base, ratio)
+        layout = row_layout(cfg, frames, text_tokens)
+        flops = forward_flops(cfg, abstract_batch(cfg, batch, frames, seq, layout))
         table.append(
             {
                 "setup": f"{frames} frames x batch {batch}, text {text_tokens}",
@@ -59,7 +67,7 @@ def rows(variant: str, frames: int, batch: int, text_tokens: int, ratios: list[f
                 "prune_ratio": ratio,
                 "method": "stts",
                 "mode": "forward",
-                "llm_tokens": cfg.stts.llm_seq_len,
+                "llm_tokens": layout.llm_seq_len,
                 "flops": flops,
                 "flops_unpruned": unpruned,
                 "seconds_per_step": None,  # compiled only

@@ -33,7 +33,8 @@ PAPER = {
 def program_flops(cfg: Molmo2Config, mode: str, batch_size: int, frames: int, text_tokens: int) -> float:
     """FLOPs of one train step or prefill of `cfg` (layers unrolled) at abstract shapes."""
     cfg = cfg.replace(scan_layers=False)
-    batch = workload.abstract_batch(cfg, batch_size, frames, workload.prompt_length(cfg, frames, text_tokens))
+    seq = workload.prompt_length(cfg, frames, text_tokens)
+    batch = workload.abstract_batch(cfg, batch_size, frames, seq, workload.row_layout(cfg, frames, text_tokens))
     if mode == "prefill":
         params = jax.eval_shape(lambda b: step.init_params(cfg, b), batch)
         return report.flops(jax.jit(step.prefill_fn(cfg)).lower(params, batch).compile())
@@ -53,14 +54,13 @@ def rows(
     table = []
     for mode in modes:
         counts = {
-            name: program_flops(
-                workload.method_config(base, k, frames, text_tokens), mode, batch_size, frames, text_tokens
-            )
+            name: program_flops(workload.method_config(base, k), mode, batch_size, frames, text_tokens)
             for name, k in names.items()
         }
         for name, k in names.items():
             tokens, train_speedup, inference_speedup = paper.get(k, (None, None, None))
-            cfg = workload.method_config(base, k, frames, text_tokens)
+            cfg = workload.method_config(base, k)
+            layout = workload.row_layout(cfg, frames, text_tokens)
             table.append(
                 {
                     "setup": f"{frames} frames x batch {batch_size}, text {text_tokens}",
@@ -70,8 +70,7 @@ def rows(
                     "prune_ratio": 0.0 if k is None else k,
                     "method": cfg.stts.method,
                     "mode": mode,
-                    "llm_tokens": batch_size
-                    * (cfg.stts.llm_seq_len or workload.prompt_length(cfg, frames, text_tokens)),
+                    "llm_tokens": batch_size * (layout.llm_seq_len or workload.prompt_length(cfg, frames, text_tokens)),
                     "flops": counts[name],
                     "seconds_per_step": None,  # compiled only: this machine cannot run molmo2-4b at these shapes
                     "speedup_vs_unpruned": None,

@@ -49,7 +49,7 @@ def prefill_fn(cfg: Molmo2Config) -> Callable:
     model = Molmo2(cfg)
 
     def prefill(params, batch: VideoBatch):
-        cache = init_cache(cfg, batch.input_ids.shape[0], cfg.stts.llm_length(batch.input_ids.shape[1]))
+        cache = init_cache(cfg, batch.input_ids.shape[0], batch.llm_length(cfg))
         logits, forward = model.apply({"params": params}, batch, cache, rngs=STTS_RNG)
         return forward.next_token_logits(logits), forward.cache
 
@@ -96,12 +96,15 @@ def _block(x) -> None:
     jax.block_until_ready(x)
 
 
-def train_programs(cfgs: dict[str, Molmo2Config], params: dict, batch: VideoBatch, targets: Array) -> dict[str, dict]:
-    """Per config: a zero-argument `run` (one train step, state fed back), flops and peak memory.
+def train_programs(
+    cfgs: dict[str, Molmo2Config], params: dict, batches: dict[str, VideoBatch], targets: Array
+) -> dict[str, dict]:
+    """Per config: a zero-argument `run` (one train step on its batch, state fed back), flops and peak memory.
 
     The state is `init_state`'s, built on a copy of the config's `params` (the step donates it)."""
     programs = {}
     for name, cfg in cfgs.items():
+        batch = batches[name]
         optimizer = make_optimizer(OptimizerConfig(), params[name])
         start = jax.tree.map(jnp.array, params[name])
         state = TrainState(
@@ -110,7 +113,7 @@ def train_programs(cfgs: dict[str, Molmo2Config], params: dict, batch: VideoBatc
         compiled = train_step.lower(cfg, optimizer, state, batch, targets).compile()
         holder = {"state": state}
 
-        def run(compiled=compiled, holder=holder):
+        def run(compiled=compiled, holder=holder, batch=batch):
             holder["state"], metrics = compiled(holder["state"], batch, targets)  # the state is donated
             _block((holder["state"], metrics))
 
@@ -144,15 +147,17 @@ def shared_params(cfgs: dict[str, Molmo2Config], batch: VideoBatch) -> dict[str,
     return {name: params if cfg.stts.uses_scorer else without_scorer for name, cfg in cfgs.items()}
 
 
-def prefill_programs(cfgs: dict[str, Molmo2Config], params: dict, batch: VideoBatch, split: bool) -> tuple[dict, dict]:
-    """(programs, parts): per config the whole prefill; with `split`, per config "vit" and "llm" halves
+def prefill_programs(
+    cfgs: dict[str, Molmo2Config], params: dict, batches: dict[str, VideoBatch], split: bool
+) -> tuple[dict, dict]:
+    """(programs, parts): per config the whole prefill on its batch; with `split`, per config "vit" and "llm" halves
     and, for configs with a scorer, "scorer" (each {"run", "flops"})."""
     programs, parts = {}, {}
     for name, cfg in cfgs.items():
-        cfg, params_of = cfg.replace(scan_layers=False), params[name]
+        cfg, params_of, batch = cfg.replace(scan_layers=False), params[name], batches[name]
         compiled = jax.jit(prefill_fn(cfg)).lower(params_of, batch).compile()
         programs[name] = {
-            "run": lambda compiled=compiled, p=params_of: _block(compiled(p, batch)),
+            "run": lambda compiled=compiled, p=params_of, b=batch: _block(compiled(p, b)),
             "flops": report.flops(compiled),
             "peak_memory_bytes": report.peak_memory_bytes(compiled),
         }
@@ -162,7 +167,7 @@ def prefill_programs(cfgs: dict[str, Molmo2Config], params: dict, batch: VideoBa
         tokens, video = encode(params_of, batch)
         llm = jax.jit(llm_prefill_fn(cfg)).lower(params_of, tokens, video).compile()
         parts[name] = {
-            "vit": {"run": lambda c=encode, p=params_of: _block(c(p, batch)), "flops": report.flops(encode)},
+            "vit": {"run": lambda c=encode, p=params_of, b=batch: _block(c(p, b)), "flops": report.flops(encode)},
             "llm": {
                 "run": lambda c=llm, p=params_of, t=tokens, v=video: _block(c(p, t, v)),
                 "flops": report.flops(llm),
@@ -204,20 +209,23 @@ def measure(
     `runtime`: config fields such as dtype, param_dtype, attention_impl."""
     base = get_config(variant, scan_layers=scan, remat_policy=remat, **runtime)
     names = config_names(ratios)
-    cfgs = {name: workload.method_config(base, k, frames, text_tokens) for name, k in names.items()}
+    cfgs = {name: workload.method_config(base, k) for name, k in names.items()}
     batch, targets = workload.synthetic_batch(base, batch_size, frames, text_tokens)
+    batches = {name: batch.replace(layout=workload.row_layout(cfg, frames, text_tokens)) for name, cfg in cfgs.items()}
     numerics = f"{base.dtype} compute, {base.param_dtype} params, attention {base.attention_impl}"
     train_program = f"layers {'scanned' if scan else 'unrolled'}, remat {remat}; {numerics}"
     params = shared_params(cfgs, batch)
     efficiency = {
-        name: measured_packing_efficiency(cfg, params[name], batch) for name, cfg in cfgs.items() if cfg.stts.prunes
+        name: measured_packing_efficiency(cfg, params[name], batches[name])
+        for name, cfg in cfgs.items()
+        if cfg.stts.prunes
     }
     rows = []
     for mode in modes:
         if mode == "train":
-            programs, parts = train_programs(cfgs, params, batch, targets), {}
+            programs, parts = train_programs(cfgs, params, batches, targets), {}
         else:
-            programs, parts = prefill_programs(cfgs, params, batch, split)
+            programs, parts = prefill_programs(cfgs, params, batches, split)
         load_before = report.load_average()
         times = report.interleaved_times({n: p["run"] for n, p in programs.items()}, repeats, warmup)
         part_runs = {f"{n}/{part}": p["run"] for n, ps in parts.items() for part, p in ps.items()}
@@ -234,7 +242,7 @@ def measure(
                 "prune_ratio": 0.0 if k is None else k,
                 "method": cfg.stts.method,
                 "mode": mode,
-                "llm_tokens": cfg.stts.llm_length(batch.input_ids.shape[1]),
+                "llm_tokens": batches[name].llm_length(cfg),
                 "flops": program["flops"],
                 "seconds_per_step": float(np.median(times[name])),
                 "seconds": times[name],

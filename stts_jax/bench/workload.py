@@ -14,7 +14,7 @@ import numpy as np
 
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget, packing
-from stts_jax.vlm.model import VideoBatch
+from stts_jax.vlm.model import RowLayout, VideoBatch
 from stts_jax.windows import frame_windows, pooling_windows, video_pooling_indices, windows_per_frame
 
 TIMESTAMP_TOKENS = 3  # "12.5 " is about three tokens before each frame
@@ -30,13 +30,18 @@ def pruned_length(cfg: Molmo2Config, frames: int, text_tokens: int, prune_ratio:
     return prompt_length(cfg, frames, text_tokens) - budget.pruned_windows(frames, windows_per_frame(cfg), prune_ratio)
 
 
-def method_config(base: Molmo2Config, prune_ratio: float | None, frames: int, text_tokens: int) -> Molmo2Config:
-    """`base` unpruned (prune_ratio None) or with STTS at ratio k (its other STTS fields, e.g. the layer,
-    kept), its LLM sized to the compacted length."""
+def method_config(base: Molmo2Config, prune_ratio: float | None) -> Molmo2Config:
+    """`base` unpruned (prune_ratio None) or with STTS at ratio k (its other STTS fields, e.g. the layer, kept)."""
     if prune_ratio is None:
         return base.with_stts(method="none")
-    seq = pruned_length(base, frames, text_tokens, prune_ratio)
-    return base.with_stts(method="stts", prune_ratio=prune_ratio, llm_seq_len=seq)
+    return base.with_stts(method="stts", prune_ratio=prune_ratio)
+
+
+def row_layout(cfg: Molmo2Config, frames: int, text_tokens: int) -> RowLayout:
+    """One video per row; when `cfg` prunes, the LLM sized to the compacted length."""
+    if not cfg.stts.prunes:
+        return RowLayout()
+    return RowLayout(pruned_length(cfg, frames, text_tokens, cfg.stts.prune_ratio))
 
 
 def packing_efficiency(cfg: Molmo2Config, frames: int, prune_ratio: float) -> float:
@@ -53,8 +58,9 @@ def packing_efficiency(cfg: Molmo2Config, frames: int, prune_ratio: float) -> fl
     return budget.kept_windows(frames, windows, prune_ratio) * cfg.vision.num_patches / windows / slots
 
 
-def abstract_batch(cfg: Molmo2Config, batch: int, frames: int, seq: int) -> VideoBatch:
-    """Shapes and dtypes of a batch of `batch` rows of `seq` tokens and `frames` frames (nothing allocated)."""
+def abstract_batch(cfg: Molmo2Config, batch: int, frames: int, seq: int, layout: RowLayout | None = None) -> VideoBatch:
+    """Shapes and dtypes of a batch of `batch` rows of `seq` tokens and `frames` frames in `layout` (default:
+    one video per row; nothing allocated)."""
     v = cfg.vision
     windows = pooling_windows(*v.patch_grid, *cfg.adapter.pooling_size)
     ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
@@ -65,6 +71,7 @@ def abstract_batch(cfg: Molmo2Config, batch: int, frames: int, seq: int) -> Vide
         pixel_values=jax.ShapeDtypeStruct((batch, frames, v.num_patches, v.patch_dim), jnp.dtype(cfg.dtype)),
         pooling_idx=ints(batch, frames * len(windows), windows.shape[1]),
         frame_video_ids=ints(batch, frames),
+        layout=layout or RowLayout(),
     )
 
 

@@ -1,40 +1,39 @@
 """TFDS builders (array_record; read back with `tfds.data_source`, no TensorFlow needed).
 
 `SyntheticVideoQA`: the procedural set of `synthetic.py`, splits from disjoint seeds.
-`ManifestVideoQA`: any video-QA set written as JSONL lines
-  {"id", "video" (path relative to the manifest), "question", "options" (optional),
-   "answer" (index into options, or free text), "start"/"end" (seconds, optional)},
-decoded with PyAV and sampled as Molmo2 does (at most `max_fps`, at most `max_frames`).
-Bad lines and unreadable videos are counted and skipped with a warning naming the file and line;
-`strict=True` raises instead. The counts are written to `<data_dir>/.../skipped.json`.
+`ManifestVideoQA`: one split of any video-QA set written as a JSONL manifest (`manifest.py`), each
+distinct clip decoded once (in worker processes), sampled as Molmo2 does, stored at model resolution
+with compressed frames (`clips.py`). Bad lines and unusable videos are skipped and counted by kind
+(`strict` raises instead); `REPORT_FILE` in the built dataset says what the build did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import logging
+import multiprocessing
 import os
-from collections import Counter
+import re
+import time
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
+from array_record.python.array_record_module import ArrayRecordWriter
 
-from stts_jax.data.frames import sample_frames
+from stts_jax.data.clips import ClipSettings, build_clip, decode_clip
+from stts_jax.data.manifest import Clip, Entry, SkipCounter, manifest_bytes, read_manifest
 from stts_jax.data.synthetic import SyntheticConfig, generate_example
+from stts_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
-
-
-class DataError(ValueError):
-    """An example cannot be used; the message names the file, the line and the problem; `kind` is a
-    short category for the skip counters."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 def _video_feature(channels: bool = True) -> tfds.features.Tensor:
@@ -97,134 +96,171 @@ def build_synthetic(data_dir: str, config: SyntheticBuilderConfig | None = None)
 
 # -- manifests of real videos ------------------------------------------------------------------------------
 
-
-def decode_video(path: str, max_frames: int, max_fps: float, start=None, end=None) -> tuple[np.ndarray, np.ndarray]:
-    """PyAV decode of the Molmo2-sampled frames -> (frames [T, H, W, 3] uint8, timestamps [T] s)."""
-    import av
-
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found", "missing file")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise DataError(f"{path}: the container holds no video frames", "no frames")
-            stream = container.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-    except DataError:
-        raise
-    except Exception as e:  # PyAV raises many error types for corrupt, truncated or non-video files
-        raise DataError(f"{path}: cannot be decoded ({type(e).__name__}: {e})", "unreadable video") from e
-    if not frames:
-        raise DataError(f"{path}: the video has no frames", "no frames")
-    if fps <= 0:
-        raise DataError(f"{path}: no frame rate in the container", "unreadable video")
-    try:
-        indices, times = sample_frames(len(frames), fps, max_frames, max_fps, start, end)
-    except ValueError as e:
-        raise DataError(f"{path}: {e}", "empty clip") from e
-    return np.stack([frames[i] for i in indices]), times.astype(np.float32)
-
-
-REQUIRED = ("id", "video", "question", "answer")
-
-
-def parse_manifest_line(line: str, where: str) -> dict:
-    """One JSONL line -> a checked record (raises DataError naming `where` = file:line)."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg})", "malformed line") from e
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: a line must be a JSON object", "malformed line")
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise DataError(f"{where}: missing field(s) {missing}; each line needs {list(REQUIRED)}", "missing field")
-    options = record.get("options") or []
-    answer = record["answer"]
-    if options:
-        if not isinstance(answer, int) or not 0 <= answer < len(options):
-            raise DataError(
-                f"{where}: answer {answer!r} is not an index into its {len(options)} options", "answer out of range"
-            )
-    elif not isinstance(answer, str):
-        raise DataError(f"{where}: without options the answer must be text, got {answer!r}", "malformed line")
-    for key in ("start", "end"):
-        if key in record and not isinstance(record[key], int | float):
-            raise DataError(f"{where}: {key} must be a number of seconds", "malformed line")
-    return record
+CLIPS_FILE = "clips.array_record"  # one record per distinct clip (`clips.encode_clip`), in a built dataset's folder
+REPORT_FILE = "build_report.json"  # examples, clips, skips by kind, bytes, seconds: what the build did
 
 
 @dataclasses.dataclass
 class ManifestBuilderConfig(tfds.core.BuilderConfig):
-    manifests: tuple[tuple[str, str], ...] = ()  # (split, path to JSONL)
-    max_frames: int = 64
-    max_fps: float = 2.0
-    strict: bool = False
+    manifest: str = ""  # the JSONL file (local or gs://)
+    split: str = "train"
+    clips: ClipSettings = ClipSettings()
+    strict: bool = False  # raise on the first unusable line or video instead of skipping and counting
+    allow_outside_paths: bool = False  # videos outside the manifest's folder (absolute, .., other buckets)
+    workers: int = 0  # processes decoding videos (0: this one)
+    progress: bool = False
+
+
+def _imap(fn, jobs: list, workers: int):
+    """fn over jobs in order, in `workers` spawned processes (never forked: the caller may hold JAX's threads)."""
+    if workers <= 0:
+        yield from map(fn, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(fn, jobs, chunksize=1)
 
 
 class ManifestVideoQA(tfds.core.GeneratorBasedBuilder):
-    """Video QA from JSONL manifests of local video files."""
+    """Video QA from a JSONL manifest: the examples here, each distinct clip once in `CLIPS_FILE`."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"2.0.0": "clips stored once, at model resolution, frames compressed; one split per dataset"}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return _qa_info(self)
+        features = {
+            "id": tfds.features.Text(),
+            "clip": np.int64,  # the record in CLIPS_FILE
+            "question": tfds.features.Text(),
+            "options": tfds.features.Sequence(tfds.features.Text()),
+            "answer": np.int32,
+            "answer_text": tfds.features.Text(),
+            "family": tfds.features.Text(),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self, description=type(self).__doc__, features=tfds.features.FeaturesDict(features)
+        )
 
     def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split, path) for split, path in self.builder_config.manifests}
-
-    def _generate_examples(self, split: str, manifest: str):
         cfg = self.builder_config
-        skipped: Counter = Counter()
-        root = os.path.dirname(os.path.abspath(manifest))
-        with open(manifest) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
+        start = time.perf_counter()
+        manifest = read_manifest(cfg.manifest, cfg.strict, cfg.allow_outside_paths)
+        skip = SkipCounter(cfg.strict, cfg.manifest)
+        skip.counts.update(manifest.skipped)
+        users: dict[Clip, list[Entry]] = {}
+        for entry in manifest.entries:
+            users.setdefault(entry.clip, []).append(entry)
+        index: dict[Clip, int] = {}
+        stored = 0
+        writer = ArrayRecordWriter(os.path.join(self.data_dir, CLIPS_FILE), "group_size:1")
+        try:
+            jobs = [(clip, cfg.clips) for clip in users]
+            results = _imap(build_clip, jobs, cfg.workers)
+            for clip, (record, error) in tqdm.tqdm(
+                zip(users, results, strict=True),
+                total=len(jobs),
+                desc=f"clips of {cfg.split}",
+                disable=not cfg.progress,
+            ):
+                if error is not None:
+                    kind, message = error
+                    for entry in users[clip]:  # every question about the clip is lost: count them all
+                        skip(DataError(f"{entry.where}: {message}", kind))
                     continue
-                where = f"{manifest}:{number}"
-                try:
-                    record = parse_manifest_line(line, where)
-                    video, times = decode_video(
-                        os.path.join(root, record["video"]),
-                        cfg.max_frames,
-                        cfg.max_fps,
-                        record.get("start"),
-                        record.get("end"),
-                    )
-                except DataError as e:
-                    message = str(e) if str(e).startswith(where) else f"{where}: {e}"
-                    if cfg.strict:
-                        raise DataError(f"{message} (strict mode; strict=False skips and counts)", e.kind) from e
-                    log.warning("skipping %s", message)
-                    skipped[e.kind] += 1
-                    continue
-                options = list(record.get("options") or [])
-                answer = record["answer"]
-                yield (
-                    record["id"],
-                    {
-                        "id": str(record["id"]),
-                        "video": video,
-                        "timestamps": times,
-                        "question": record["question"],
-                        "options": options,
-                        "answer": np.int32(answer if options else -1),
-                        "answer_text": options[answer] if options else answer,
-                        "family": str(record.get("family", "all")),
-                    },
-                )
-        self.skipped = getattr(self, "skipped", {})
-        self.skipped[split] = dict(skipped)
-        report = os.path.join(self.data_dir, "skipped.json")
-        os.makedirs(self.data_dir, exist_ok=True)
-        with open(report, "w") as out:
-            json.dump(self.skipped, out, indent=2)
-        if skipped:
-            log.warning(
-                "%s: skipped %d example(s): %s (details above; report in %s)",
-                manifest,
-                sum(skipped.values()),
-                dict(skipped),
-                report,
+                index[clip] = len(index)
+                writer.write(record)
+                stored += len(record)
+        finally:
+            writer.close()
+        usable = [e for e in manifest.entries if e.clip in index]
+        if not usable:
+            raise DataError(f"{cfg.manifest}: no usable example (skipped: {dict(skip.counts)})", "empty manifest")
+        self.report = {
+            "manifest": cfg.manifest,
+            "split": cfg.split,
+            "examples": len(usable),
+            "clips": len(index),
+            "skipped": dict(skip.counts),
+            "clip_bytes": stored,
+            "seconds": round(time.perf_counter() - start, 1),
+            "settings": dataclasses.asdict(cfg.clips),
+        }
+        with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # moves with the dataset when it is done
+            json.dump(self.report, f, indent=2)
+        return {cfg.split: self._generate_examples(usable, index)}
+
+    def _generate_examples(self, entries: list[Entry], index: dict[Clip, int]):
+        for e in entries:
+            yield (
+                e.id,
+                {
+                    "id": e.id,
+                    "clip": index[e.clip],
+                    "question": e.question,
+                    "options": list(e.options),
+                    "answer": np.int32(e.answer),
+                    "answer_text": e.answer_text,
+                    "family": e.family,
+                },
             )
+
+
+class ManifestSource:
+    """A built manifest dataset's examples with their clip's frames and timestamps (`video`,
+    `timestamps`): the records the pipeline reads. Random access; picklable (for grain workers)."""
+
+    def __init__(self, data_dir: str, name: str, split: str):
+        self.examples = tfds.data_source(f"manifest_video_qa/{name}", data_dir=data_dir, split=split)
+        folder = os.fspath(self.examples.dataset_info.data_dir)
+        self.clips = grain.sources.ArrayRecordDataSource([os.path.join(folder, CLIPS_FILE)])
+        with open(os.path.join(folder, REPORT_FILE)) as f:
+            self.report = json.load(f)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self.examples[index])
+        example["video"], example["timestamps"] = decode_clip(self.clips[int(example["clip"])])
+        return example
+
+
+def manifest_dataset_name(prefix: str, split: str, manifest: str, settings: ClipSettings, allow_outside: bool) -> str:
+    """The dataset a manifest builds into, named by everything that decides its content: the manifest's
+    bytes, how clips are sampled and stored, the builder's version. Another manifest or other settings in
+    the same data_dir build another dataset; nothing is served stale."""
+    identity = {"settings": dataclasses.asdict(settings), "allow_outside": allow_outside}
+    identity["version"] = str(ManifestVideoQA.VERSION)
+    digest = hashlib.sha256(manifest_bytes(manifest))
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    clean = re.sub(r"[^a-z0-9]+", "_", prefix.lower()).strip("_") or "manifest"
+    return f"{clean}_{split}_{digest.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str):
+    """One builder at a time per dataset on this machine; the others wait and then reuse its result."""
+    if "://" in data_dir:  # object stores have no locks: multi-host runs build on process 0 only
+        yield
+        return
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_manifest(data_dir: str, config: ManifestBuilderConfig) -> ManifestSource:
+    """Builds `config.manifest` into data_dir (named by `manifest_dataset_name`; reused when already
+    built) and returns its source. In strict mode a reused dataset whose build skipped lines is refused."""
+    with _build_lock(data_dir, config.name):
+        ManifestVideoQA(data_dir=data_dir, config=config, file_format="array_record").download_and_prepare()
+    source = ManifestSource(data_dir, config.name, config.split)
+    skipped = source.report["skipped"]
+    if config.strict and skipped:
+        raise DataError(
+            f"{config.manifest}: its build skipped {skipped} (strict mode; fix the lines or set strict=False)",
+            "strict",
+        )
+    return source

@@ -17,31 +17,36 @@ MEAN = STD = 0.5
 
 
 def sample_frames(
-    num_frames: int,
-    fps: float,
+    times: np.ndarray,
     max_frames: int,
     max_fps: float = 2.0,
     start: float | None = None,
     end: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which frames of a video to use -> (frame indices [T], timestamps in seconds [T]).
+    """Which frames of a video to use, from its frames' presentation times [n] (seconds, increasing)
+    -> (frame indices [T], their timestamps [T]).
 
-    Frames at most `max_fps` per second within [start, end]; if that gives more than `max_frames`,
-    `max_frames` frames uniformly spread over the clip, always including its last frame.
+    Molmo2's sampling, in time: from the first frame at or after `start` to the last at or before
+    `end`, one sample every 1 / `max_fps` seconds; if that gives more than `max_frames`, `max_frames`
+    samples spread uniformly over the clip, always including its last frame. Each sample takes the
+    frame on screen at that time (the last one shown at or before it), each frame at most once, so a
+    variable frame rate is followed exactly and a video slower than `max_fps` is taken whole.
     """
-    if num_frames <= 0 or fps <= 0:
-        raise ValueError(f"a video needs frames and a positive fps (got {num_frames} frames at {fps} fps)")
-    first = 0 if start is None else max(0, math.ceil(start * fps - 1e-9))
-    last = num_frames - 1 if end is None else min(num_frames - 1, math.floor(end * fps + 1e-9))
-    if last < first:
-        raise ValueError(f"the clip [{start}, {end}] s holds no frame of this {num_frames / fps:.2f} s video")
-    step = max(1.0, fps / max_fps)  # source frames between samples at max_fps
-    count = math.floor((last - first) / step) + 1
+    times = np.asarray(times, np.float64)
+    if times.size == 0:
+        raise ValueError("a video needs frames (got none)")
+    first = 0 if start is None else int(np.searchsorted(times, start - 1e-9, side="left"))
+    last = times.size - 1 if end is None else int(np.searchsorted(times, end + 1e-9, side="right")) - 1
+    if first >= times.size or last < first:
+        raise ValueError(f"the clip [{start}, {end}] s holds no frame of this {times[-1]:.2f} s video")
+    span = times[last] - times[first]
+    count = math.floor(span * max_fps + 1e-9) + 1
     if count <= max_frames:
-        indices = first + np.floor(np.arange(count) * step + 1e-9).astype(np.int64)
+        targets = times[first] + np.arange(count) / max_fps
     else:
-        indices = np.round(np.linspace(first, last, max_frames)).astype(np.int64)
-    return indices, indices / fps
+        targets = np.linspace(times[first], times[last], max_frames)
+    indices = np.unique(np.searchsorted(times, targets + 1e-9, side="right") - 1)
+    return indices, times[indices]
 
 
 def _resize_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -59,7 +64,10 @@ def _resize_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
 
 
 def resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """[T, H, W, 3] uint8 -> [T, size, size, 3] uint8 (resized in float, rounded back, as transformers)."""
+    """[T, H, W, 3] uint8 -> [T, size, size, 3] uint8 (resized in float, rounded back, as transformers).
+    Frames already stored at that size come back as they are (the interpolation is then the identity)."""
+    if frames.shape[1:3] == (size, size):
+        return frames
     x = frames.astype(np.float32)
     x = _resize_axis(_resize_axis(x, size, 2), size, 1)  # width first, as torch
     return np.clip(np.round(x), 0, 255).astype(np.uint8)

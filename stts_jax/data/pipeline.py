@@ -25,9 +25,10 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.prompt import video_prompt
+from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
-from stts_jax.vlm.model import VideoBatch
+from stts_jax.vlm.model import RowLayout, VideoBatch
 from stts_jax.windows import video_pooling_indices, windows_per_frame
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,20 @@ class PipelineConfig:
     answer_format: str = "letter"  # multiple choice answered with the option's "letter" or its words ("option")
     worker_count: int = 0  # grain worker processes that prefetch batches (0: in this process; skip
     # counters in `Preprocess.skipped` then live in the workers, which log each skip)
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_frames", "llm_seq_len", "max_videos_per_row", "packing_bins"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} {getattr(self, name)} must be >= 1.")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ConfigError(f"data.prune_ratio {self.prune_ratio} must be in [0, 1).")
+        if self.worker_count < 0:
+            raise ConfigError(f"data.worker_count {self.worker_count} must be >= 0 (0: no worker processes).")
+
+    @property
+    def layout(self) -> RowLayout:
+        """The static shape of the rows this pipeline packs, as the model reads it from each batch."""
+        return RowLayout(self.llm_seq_len, self.max_videos_per_row)
 
 
 def input_seq_len(cfg: Molmo2Config, p: PipelineConfig) -> int:
@@ -97,6 +112,9 @@ class Preprocess:
         )
 
     def __call__(self, example: dict) -> dict | None:
+        if "error" in example:  # a video the on-the-fly source could not use
+            self._skip(example, *example["error"])
+            return None
         frames, times = self.frames(example)
         if len(frames) > self.p.max_frames:
             self._skip(example, "too many frames", f"{len(frames)} frames > max_frames {self.p.max_frames}")
@@ -167,8 +185,9 @@ def make_dataset(
     return ds, preprocess
 
 
-def to_model_batch(batch: dict, model_cfg: Molmo2Config) -> tuple[VideoBatch, jnp.ndarray]:
-    """A packed host batch -> (VideoBatch, targets [batch, seq]); pixels normalised here (on device)."""
+def to_model_batch(batch: dict, model_cfg: Molmo2Config, layout: RowLayout) -> tuple[VideoBatch, jnp.ndarray]:
+    """A packed host batch (rows of `layout`, `PipelineConfig.layout`) -> (VideoBatch, targets [batch, seq]);
+    pixels normalised here (on device)."""
     b, frames = batch["pixels"].shape[:2]
     pooling = video_pooling_indices(frames, *model_cfg.vision.patch_grid, *model_cfg.adapter.pooling_size)
     video = VideoBatch(
@@ -178,5 +197,6 @@ def to_model_batch(batch: dict, model_cfg: Molmo2Config) -> tuple[VideoBatch, jn
         pixel_values=normalize(jnp.asarray(batch["pixels"])),
         pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
         frame_video_ids=jnp.asarray(batch["pixels_segment_ids"]),
+        layout=layout,
     )
     return video, jnp.asarray(batch["targets"])

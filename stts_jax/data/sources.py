@@ -1,17 +1,30 @@
-"""The random-access source of a dataset split named by an experiment config (`config.data`), built as a
-TFDS array_record dataset first if it is not there yet (on process 0; the other hosts wait)."""
+"""The random-access source of a dataset split named by an experiment config (`config.data`): a TFDS
+array_record dataset, built first if it is not there yet (on process 0; the other hosts wait), or for
+manifests, optionally decoded on the fly."""
 
 from __future__ import annotations
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
+from tokenizers import Tokenizer
 
-from stts_jax.data.builders import ManifestBuilderConfig, ManifestVideoQA, SyntheticBuilderConfig, build_synthetic
+from stts_jax.data.builders import (
+    ManifestBuilderConfig,
+    ManifestSource,
+    SyntheticBuilderConfig,
+    build_manifest,
+    build_synthetic,
+    manifest_dataset_name,
+)
+from stts_jax.data.clips import ClipSettings, load_clip
+from stts_jax.data.manifest import Manifest, read_manifest
 from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
 from stts_jax.data.tokenizer import load_tokenizer, synthetic_tokenizer
-from stts_jax.errors import ConfigError
+from stts_jax.errors import ConfigError, DataError
+from stts_jax.models.variants import get_config
 
 
 def _prepare_once(build) -> None:
@@ -22,45 +35,122 @@ def _prepare_once(build) -> None:
         multihost_utils.sync_global_devices("dataset built")
 
 
-def source(config: ml_collections.ConfigDict, split: str):
-    """(random-access source of `split`, tokenizer), building the TFDS dataset first if needed."""
+class OnTheFlySource:
+    """A manifest's examples decoded from their video files at read time (in grain's worker processes when
+    the pipeline has them): no build step, so the frame count can change from run to run. A record whose
+    video cannot be used carries `error` = (kind, message), and the pipeline skips and counts it."""
+
+    def __init__(self, manifest: Manifest, settings: ClipSettings):
+        self.entries, self.settings = manifest.entries, settings
+        self.report = {"manifest": manifest.path, "examples": len(manifest.entries), "skipped": dict(manifest.skipped)}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        e = self.entries[int(index)]
+        record = {
+            "id": e.id,
+            "question": e.question,
+            "options": list(e.options),
+            "answer": np.int32(e.answer),
+            "answer_text": e.answer_text,
+            "family": e.family,
+        }
+        try:
+            record["video"], record["timestamps"] = load_clip(e.clip, self.settings)
+        except DataError as error:
+            record["error"] = (error.kind, f"{e.where}: {error}")
+        return record
+
+
+MODES = ("stored", "on_the_fly")
+
+
+def manifest_source(config: ml_collections.ConfigDict, split: str):
+    """The `split` of a manifest dataset: built once into data.data_dir (data.mode="stored", the default)
+    or decoded from the videos as it is read (data.mode="on_the_fly")."""
+    data = config.data
+    manifests = {"train": data.train_manifest, "validation": data.eval_manifest, "test": data.get("test_manifest")}
+    if not manifests.get(split):
+        raise ConfigError(f"no manifest for the {split} split: set --config.data.{split}_manifest=PATH.jsonl")
+    mode = data.get("mode", "stored")
+    if mode not in MODES:
+        raise ConfigError(f"data.mode {mode!r}: choose one of {MODES}.")
+    try:
+        settings = ClipSettings(
+            max_frames=data.video_frames,
+            max_fps=data.get("max_fps", 2.0),
+            image_size=get_config(config.model.variant).vision.image_size[0],
+            encoding=data.get("frame_encoding", "jpeg"),
+            jpeg_quality=data.get("jpeg_quality", 95),
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.data: {e}") from e
+    allow_outside = data.get("allow_outside_paths", False)
+    if mode == "on_the_fly":
+        return OnTheFlySource(read_manifest(manifests[split], data.strict, allow_outside), settings)
+    name = manifest_dataset_name(data.get("name", "default"), split, manifests[split], settings, allow_outside)
+    builder = ManifestBuilderConfig(
+        name=name,
+        manifest=manifests[split],
+        split=split,
+        clips=settings,
+        strict=data.strict,
+        allow_outside_paths=allow_outside,
+        workers=data.get("build_workers", 0),
+        progress=data.get("progress", False),
+    )
+    _prepare_once(lambda: build_manifest(data.data_dir, builder))
+    return ManifestSource(data.data_dir, name, split)
+
+
+def synthetic_settings(data: ml_collections.ConfigDict) -> SyntheticConfig:
+    families = tuple(f for f in data.get("families", "").split(",") if f) or FAMILIES
+    distractors = data.get("max_distractors", SyntheticConfig.max_distractors)
+    fps = data.get("fps", 2.0)  # raised with the frame count for test-time scaling: same clip, denser
+    try:
+        return SyntheticConfig(frames=data.frames, fps=fps, families=families, max_distractors=distractors)
+    except ValueError as e:
+        raise ConfigError(f"{e} (config.data.families is comma-separated; config.data.max_distractors)") from e
+
+
+def synthetic_source(config: ml_collections.ConfigDict, split: str):
+    """The `split` of the synthetic set the config describes, generated into data.data_dir once."""
+    data = config.data
+    synthetic = synthetic_settings(data)
+    counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
+    counts = tuple((k, n) for k, n in counts if n > 0)
+    # the name holds everything that changes the stored examples, so a data_dir never serves stale ones
+    name = f"f{data.frames}_fps{synthetic.fps:g}_".replace(".", "p") + "_".join(f"{k}{n}" for k, n in counts)
+    name += "" if synthetic.families == FAMILIES else "_" + "-".join(synthetic.families)
+    default_distractors = SyntheticConfig.max_distractors
+    name += "" if synthetic.max_distractors == default_distractors else f"_distractors{synthetic.max_distractors}"
+    builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
+    _prepare_once(lambda: build_synthetic(data.data_dir, builder))
+    return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split)
+
+
+SOURCES = {"synthetic_video_qa": synthetic_source, "manifest_video_qa": manifest_source}
+
+
+def split_source(config: ml_collections.ConfigDict, split: str):
+    """The random-access source of `split`, its dataset built first if needed."""
+    if config.data.dataset not in SOURCES:
+        raise ConfigError(f"data.dataset {config.data.dataset!r}: expected one of {sorted(SOURCES)}.")
+    return SOURCES[config.data.dataset](config, split)
+
+
+def tokenizer_of(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The tokenizer the config's dataset is read with (the synthetic set ships its own vocabulary)."""
     data = config.data
     if data.dataset == "synthetic_video_qa":
-        fps = data.get("fps", 2.0)  # raised with the frame count for test-time scaling: same clip, denser
-        families = tuple(f for f in data.get("families", "").split(",") if f) or FAMILIES
-        distractors = data.get("max_distractors", SyntheticConfig.max_distractors)
-        try:
-            synthetic = SyntheticConfig(frames=data.frames, fps=fps, families=families, max_distractors=distractors)
-        except ValueError as e:
-            raise ConfigError(f"{e} (config.data.families is comma-separated; config.data.max_distractors)") from e
-        counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
-        counts = tuple((k, n) for k, n in counts if n > 0)
-        # the name holds everything that changes the stored examples, so a data_dir never serves stale ones
-        name = f"f{data.frames}_fps{fps:g}_".replace(".", "p") + "_".join(f"{k}{n}" for k, n in counts)
-        name += "" if families == FAMILIES else "_" + "-".join(families)
-        name += "" if distractors == SyntheticConfig.max_distractors else f"_distractors{distractors}"
-        builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
-        _prepare_once(lambda: build_synthetic(data.data_dir, builder))
-        tokenizer = synthetic_tokenizer(synthetic.vocabulary())
-        return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split), tokenizer
-    if data.dataset == "manifest_video_qa":
-        manifests = {"train": data.train_manifest, "validation": data.eval_manifest, "test": data.get("test_manifest")}
-        if not manifests.get(split):
-            raise ConfigError(f"no manifest for the {split} split: set --config.data.{split}_manifest=PATH.jsonl")
-        if not data.get("tokenizer"):
-            raise ConfigError("data.tokenizer is empty: pass --config.data.tokenizer=PATH/tokenizer.json (Qwen3's).")
-        name = data.get("name", "default")
-        builder = ManifestVideoQA(
-            data_dir=data.data_dir,
-            config=ManifestBuilderConfig(
-                name=name,
-                manifests=tuple((k, v) for k, v in manifests.items() if v),
-                max_frames=data.video_frames,
-                strict=data.strict,
-            ),
-            file_format="array_record",
-        )
-        _prepare_once(builder.download_and_prepare)
-        source = tfds.data_source(f"manifest_video_qa/{name}", data_dir=data.data_dir, split=split)
-        return source, load_tokenizer(data.tokenizer)
-    raise ConfigError(f"data.dataset {data.dataset!r}: expected synthetic_video_qa or manifest_video_qa.")
+        return synthetic_tokenizer(synthetic_settings(data).vocabulary())
+    if not data.get("tokenizer"):
+        raise ConfigError("data.tokenizer is empty: pass --config.data.tokenizer=PATH/tokenizer.json (Qwen3's).")
+    return load_tokenizer(data.tokenizer)
+
+
+def source(config: ml_collections.ConfigDict, split: str) -> tuple[object, Tokenizer]:
+    """(random-access source of `split`, tokenizer), building the dataset first if needed."""
+    return split_source(config, split), tokenizer_of(config)

@@ -109,7 +109,8 @@ def object_windows(masks: np.ndarray, cfg: Molmo2Config) -> np.ndarray:
 
 def _examples(
     source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None, answer_format: str = "letter"
-) -> list[_Example]:
+) -> tuple[list[_Example], dict[str, int]]:
+    """The examples to evaluate, and the count by kind of those whose video could not be used (skipped)."""
     pipeline = PipelineConfig(max_frames=1 << 30, llm_seq_len=1 << 30, answer_format=answer_format)
     preprocess = Preprocess(cfg, pipeline, tokenizer)
     windows = windows_per_frame(cfg)
@@ -117,6 +118,9 @@ def _examples(
     examples = []
     for index in range(len(source) if limit is None else min(limit, len(source))):
         record = source[index]
+        if "error" in record:  # a video the on-the-fly source could not use
+            preprocess._skip(record, *record["error"])
+            continue
         if not len(record["options"]):
             raise ValueError(f"example {index} has no options; multiple-choice evaluation needs them.")
         frames, times = preprocess.frames(record)
@@ -137,10 +141,11 @@ def _examples(
                 objects=object_windows(record["masks"], cfg) if "masks" in record else None,
             )
         )
-    return examples
+    return examples, dict(preprocess.skipped)
 
 
 def _batch(rows: Sequence[_Example], cfg: Molmo2Config, seq_len: int, frame_slots: int) -> VideoBatch:
+    """One example per row (the default `RowLayout`: one video, the LLM on the input length)."""
     b = len(rows)
     input_ids = np.zeros((b, seq_len), np.int32)
     segment_ids = np.zeros((b, seq_len), np.int32)
@@ -174,11 +179,12 @@ def evaluate(
 ) -> dict:
     """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes.
 
-    Returns {"examples", "accuracy": {mode: overall}, "families": {family: {"count", mode: acc}},
-    "vision_tokens_per_example", "frames_per_example", "predictions": [per example]}, and where the
-    source has object masks and the model prunes, "kept_object_share": the share of object windows
-    (frames after the first) that the pruning keeps, overall, per family and per example."""
-    examples = _examples(source, cfg, tokenizer, limit, answer_format)
+    Returns {"examples", "skipped": {kind: count}, "accuracy": {mode: overall}, "families": {family:
+    {"count", mode: acc}}, "vision_tokens_per_example", "frames_per_example", "predictions": [per
+    example]}, and where the source has object masks and the model prunes, "kept_object_share": the
+    share of object windows (frames after the first) that the pruning keeps, overall, per family and
+    per example."""
+    examples, skipped = _examples(source, cfg, tokenizer, limit, answer_format)
     if not examples:
         raise ValueError("the evaluation split is empty.")
     end = token_id(tokenizer, "<|im_end|>")
@@ -186,9 +192,6 @@ def evaluate(
     answer_len = max(len(o) for e in examples for o in e.options)
     seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
     frame_slots = max(len(e.pixels) for e in examples)
-    run_cfg = cfg
-    if cfg.stts.prunes:
-        run_cfg = cfg.with_stts(llm_seq_len=seq_len, max_videos_per_row=1)
     params = jax.device_put(params)
     predictions = []
     for start in tqdm.trange(0, len(examples), batch_size, desc="evaluate", disable=not progress):
@@ -199,11 +202,11 @@ def evaluate(
         for i, row in enumerate(padded):
             for k, option in enumerate(row.options):
                 candidates[i, k, : len(option)] = option
-        tokens, scores = generate_and_score(run_cfg, params, batch, jnp.asarray(candidates), answer_len + 1)
+        tokens, scores = generate_and_score(cfg, params, batch, jnp.asarray(candidates), answer_len + 1)
         tokens, scores = np.asarray(tokens), np.asarray(scores)
         row_shares = [None] * len(rows)
         if cfg.stts.prunes and rows[0].objects is not None:
-            keep = np.asarray(_keep(run_cfg, params, batch))
+            keep = np.asarray(_keep(cfg, params, batch))
             for i, row in enumerate(rows):  # frame 0 is never pruned: count frames 1.. only
                 objects = row.objects[1:]
                 row_shares[i] = float(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
@@ -238,6 +241,7 @@ def evaluate(
     shares = [p["kept_object_share"] for p in predictions if "kept_object_share" in p]
     return {
         "examples": len(predictions),
+        "skipped": skipped,  # kind -> examples whose video could not be used (not in the accuracy)
         "accuracy": {m: correct[m] / len(predictions) for m in SCORING},
         "families": dict(sorted(families.items())),
         "vision_tokens_per_example": float(np.mean([e.vision_tokens for e in examples])),
@@ -262,10 +266,9 @@ def window_scores(cfg: Molmo2Config, params: Any, source, index: int, tokenizer:
     under a pruning model (scores: the scorer's, the heuristic's dissimilarity, or the random draw)."""
     if not cfg.stts.prunes:
         raise ConfigError(f"stts.method={cfg.stts.method!r} scores no windows; use stts, heuristic or random.")
-    example = _examples(_Slice(source, index), cfg, tokenizer, None)[0]
+    example = _examples(_Slice(source, index), cfg, tokenizer, None)[0][0]
     seq_len = -(-len(example.input_ids) // 16) * 16
-    run_cfg = cfg.with_stts(llm_seq_len=seq_len, max_videos_per_row=1)
-    scores, keep = _scores_and_keep(run_cfg, params, _batch([example], cfg, seq_len, len(example.pixels)))
+    scores, keep = _scores_and_keep(cfg, params, _batch([example], cfg, seq_len, len(example.pixels)))
     record = source[index]
     return {
         "frames": record["video"],

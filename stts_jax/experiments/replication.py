@@ -70,7 +70,6 @@ def get_sweep(arg: str | None = None) -> dict:
         "data.batch_size": 8,
         "data.max_frames": 4 * a.frames,
         "data.max_videos_per_row": 4,
-        "stts.max_videos_per_row": 4,
         # The ViT here is trained from scratch (in the base run): with the auxiliary target's gradient
         # flowing into it (the reference's setting, made for a pretrained ViT) it learns to make
         # consecutive frames alike and the target collapses (aux loss 0.11 -> 0.0007 within 30 steps,

@@ -34,7 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "method": a.method,
             "prune_ratio": a.prune_ratio,
             "layer": 1 if a.variant == "tiny" else 3,
-            "max_videos_per_row": 2,
             "aux_stop_gradient": False,  # True: no gradient from the auxiliary target into the ViT
         }
     )
@@ -51,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "llm_seq_len": 640,
             "max_videos_per_row": 2,
             "packing_bins": 4,
+            "worker_count": 0,  # grain processes preparing batches while the device computes (0: in this one)
             "seed": a.seed,
             "strict": False,
             "answer_format": a.answer_format,

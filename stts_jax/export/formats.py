@@ -29,10 +29,6 @@ STTS_CONFIG_FILE = "stts_config.json"
 SCORER_FILE = "stts_scorer.safetensors"
 
 
-def _inference_stts(cfg: Molmo2Config) -> STTSConfig:
-    return dataclasses.replace(cfg.stts, llm_seq_len=None)  # a buffer size of the training data, set per run
-
-
 def export(cfg: Molmo2Config, params: dict, out: str, fmt: str, dtype: str | None = None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not known; choose one of {FORMATS}.")
@@ -49,7 +45,7 @@ def export(cfg: Molmo2Config, params: dict, out: str, fmt: str, dtype: str | Non
             flat = flax.traverse_util.flatten_dict(params["scorer"], sep="/")
             save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(out, SCORER_FILE))
     with open(os.path.join(out, STTS_CONFIG_FILE), "w") as f:
-        json.dump(dataclasses.asdict(_inference_stts(cfg)), f, indent=2)
+        json.dump(dataclasses.asdict(cfg.stts), f, indent=2)
 
 
 def load_export(path: str, stts: STTSConfig | None = None, **runtime: Any) -> tuple[Molmo2Config, dict]:
@@ -62,7 +58,14 @@ def load_export(path: str, stts: STTSConfig | None = None, **runtime: Any) -> tu
     stts_path = os.path.join(path, STTS_CONFIG_FILE)
     if os.path.exists(stts_path):
         with open(stts_path) as f:
-            saved = STTSConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()})
+            values = json.load(f)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(STTSConfig)})
+        if unknown:
+            raise CheckpointError(
+                f"{stts_path} has STTS field(s) {unknown} that this version does not know (another version wrote "
+                "it); re-export with this version or remove those fields."
+            )
+        saved = STTSConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     if os.path.isdir(os.path.join(path, PARAMS_DIR)):
         cfg, params = load_params(path, stts=saved, **runtime)
     else:

@@ -120,17 +120,10 @@ class STTSConfig:
     bias_min: float = 0.1353352832366127  # scores are min-max rescaled to [bias_min, 1]; default e^-2
     bias_granularity: str = "frame"  # rescale per "frame", or per patch "row" (the reference's quirk)
     position_policy: str = "renumber"  # LLM positions after removal: "renumber" contiguously or "keep"
-    max_videos_per_row: int = 1  # videos packed in one row (sizes the static kept-window buffer)
-    llm_seq_len: int | None = None  # static LLM length after removing pruned placeholders; None = input length
 
     @property
     def prunes(self) -> bool:
         return self.method in PRUNING_METHODS
-
-    def llm_length(self, input_length: int) -> int:
-        """The static length of the sequence the LLM runs on, for inputs of `input_length` tokens: the
-        compacted length (`llm_seq_len`, default the input's) when the model prunes."""
-        return (self.llm_seq_len or input_length) if self.prunes else input_length
 
     @property
     def uses_scorer(self) -> bool:
@@ -262,6 +255,4 @@ class Molmo2Config:
         _check(0.0 < s.bias_min <= 1.0, f"stts.bias_min {s.bias_min} must be in (0, 1].")
         _check(s.bias_granularity in ("frame", "row"), f"stts.bias_granularity {s.bias_granularity!r}: frame|row.")
         _check(s.position_policy in ("renumber", "keep"), f"stts.position_policy {s.position_policy!r}: renumber|keep.")
-        _check(s.max_videos_per_row >= 1, f"stts.max_videos_per_row {s.max_videos_per_row} must be >= 1.")
         _check(s.aux_weight >= 0, f"stts.aux_weight {s.aux_weight} must be >= 0.")
-        _check(s.llm_seq_len is None or s.llm_seq_len > 0, "stts.llm_seq_len must be positive (or None).")

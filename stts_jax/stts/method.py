@@ -44,9 +44,9 @@ class PrunedVideo:
 
 @flax.struct.dataclass
 class CompactedSequence:
-    """The LLM sequence after pruned placeholders are removed (static length `llm_seq_len`).
+    """The LLM sequence after pruned placeholders are removed (a static length).
 
-    tokens: the compacted ids, segment ids and positions; source_index: [batch, llm_seq_len], the input slot
+    tokens: the compacted ids, segment ids and positions; source_index: [batch, length], the input slot
     each token came from (the input length for padding): any other per-token array (targets, loss masks)
     follows with `pruning.gather_tokens(x, source_index)`; llm_overflow: [batch] bool, more survivors than
     slots; placeholder_mismatch: [batch] bool, placeholders != windows x real frames.
@@ -66,9 +66,11 @@ def encode_video_pruned(
     random_key: Callable[[], Array],
     pixel_values: Array,
     frame_video_ids: Array,
+    max_videos_per_row: int,
 ) -> tuple[PrunedVideo, dict[str, Array]]:
     """STTS in the ViT. pixel_values: [batch, frames, patches, patch_dim]; frame_video_ids: [batch, frames]
-    (the video 1, 2, ... of each frame slot, 0 = padding). `pool(features [batch * frames, patches, dim],
+    (the video 1, 2, ... of each frame slot, 0 = padding), at most `max_videos_per_row` videos per row
+    (more are flagged, `vit_overflow`). `pool(features [batch * frames, patches, dim],
     pooling_idx [batch, tokens, window])` is the connector; `random_key()` draws the `random` baseline's key.
     Returns the pruned video and the named intermediates (scores, packing, hidden states)."""
     s = cfg.stts
@@ -102,7 +104,7 @@ def encode_video_pruned(
 
     # 3. Each video drops its budget of lowest-scored windows (frame 0 never).
     keep = pruning.select_windows(scores, frame_video_ids, budget.prune_table(f, num_windows, s.prune_ratio))
-    capacity = budget.kept_capacity(f, num_windows, s.prune_ratio, s.max_videos_per_row)
+    capacity = budget.kept_capacity(f, num_windows, s.prune_ratio, max_videos_per_row)
 
     # 4. The kept patches of all frames of a row packed into one static buffer; the later blocks run on it only.
     slots = packing.buffer_size(capacity, window_idx.shape[1], n)
@@ -130,7 +132,7 @@ def encode_video_pruned(
         }
     )
     out.update({f"vit/block_{d}": h for d, h in hidden.items()})
-    # More kept windows than the static buffer holds (a row with more videos than stts.max_videos_per_row).
+    # More kept windows than the static buffer holds (a row with more than max_videos_per_row videos).
     pruned = PrunedVideo(tokens, keep, aux_sum, aux_count, vit_overflow=kept_windows > capacity)
     return pruned, out
 
@@ -142,10 +144,10 @@ def aux_windows(frame_video_ids: Array, windows: int) -> Array:
 
 
 def remove_pruned_placeholders(
-    cfg: Molmo2Config, sequence: TokenSequence, keep: Array, frame_video_ids: Array
+    cfg: Molmo2Config, sequence: TokenSequence, keep: Array, frame_video_ids: Array, length: int
 ) -> CompactedSequence:
-    """6. The LLM side: placeholders of pruned windows leave the sequence in-graph (static length
-    `cfg.stts.llm_seq_len`, or the input length); positions renumbered or kept (`stts.position_policy`).
+    """6. The LLM side: placeholders of pruned windows leave the sequence in-graph (to the static `length`);
+    positions renumbered or kept (`stts.position_policy`).
     The k-th placeholder of a row is its k-th window, frame-major; keep: [batch, frames, windows]."""
     s = cfg.stts
     input_ids, segment_ids = sequence.input_ids, sequence.segment_ids
@@ -153,7 +155,7 @@ def remove_pruned_placeholders(
     positions = sequence.positions
     if s.position_policy == "renumber":
         positions = pruning.renumber_positions(positions, segment_ids, survive)
-    index, overflow = pruning.compaction_index(survive, s.llm_length(input_ids.shape[1]))
+    index, overflow = pruning.compaction_index(survive, length)
     placeholders = (input_ids == cfg.image_patch_id).sum(-1)
     gather = lambda x: pruning.gather_tokens(x, index)
     return CompactedSequence(

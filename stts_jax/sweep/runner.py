@@ -200,6 +200,4 @@ def example_flops(cfg, results: dict) -> float:
     """Forward FLOPs of one example at the evaluated frame count (XLA cost analysis, abstract shapes)."""
     frames = round(results["frames_per_example"])
     seq = prompt_length(cfg, frames, text_tokens=48)
-    if cfg.stts.prunes:
-        cfg = cfg.with_stts(llm_seq_len=seq, max_videos_per_row=1)
     return forward_flops(cfg, abstract_batch(cfg, 1, frames, seq))

@@ -48,6 +48,40 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     return load_python_file(path).get_config(arg)
 
 
+def manifest_data_section(
+    frames: int, batch_size: int, videos_per_row: int, llm_seq_len: int, seed: int
+) -> ml_collections.ConfigDict:
+    """config.data for a JSONL manifest of real videos (stts_jax/data/manifest.py): `frames` sampled per
+    video (at most 2 fps), rows of `videos_per_row` videos and `llm_seq_len` tokens after pruning."""
+    return ml_collections.ConfigDict(
+        {
+            "dataset": "manifest_video_qa",
+            "data_dir": "/tmp/stts_jax_data",  # built datasets, each named by its manifest's content and settings
+            "name": "default",  # the prefix of those names
+            "train_manifest": "",  # required: --config.data.train_manifest=PATH (local or gs://)
+            "eval_manifest": "",  # the validation split (train.eval_every > 0 needs it)
+            "test_manifest": "",
+            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
+            "mode": "stored",  # stored: built once at model resolution | on_the_fly: decoded as read, no build
+            "video_frames": frames,
+            "max_fps": 2.0,
+            "frame_encoding": "jpeg",  # stored frames: jpeg (a few MB per 64-frame clip) | png (lossless)
+            "jpeg_quality": 95,
+            "allow_outside_paths": False,  # videos outside the manifest's folder (absolute paths, .., gs://)
+            "build_workers": 4,  # processes decoding videos while building
+            "progress": True,
+            "worker_count": 0,  # grain processes preparing batches while the device computes (0: in this one)
+            "batch_size": batch_size,  # rows per host
+            "max_frames": videos_per_row * frames,  # frame slots per row
+            "llm_seq_len": llm_seq_len,
+            "max_videos_per_row": videos_per_row,
+            "packing_bins": 8,
+            "seed": seed,
+            "strict": False,
+        }
+    )
+
+
 def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.ConfigDict:
     """config.train with the paper's optimizer recipe (STTS.md section 8); `changes` override fields,
     e.g. `learning_rates=[...]` or `mesh={"data": 8, "fsdp": 8, "tensor": 1}`."""
@@ -96,27 +130,8 @@ def molmo2_4b_recipe(arg: str | None, hosts: int, accumulate_steps: int, mesh: d
             "remat_policy": "full",
         }
     )
-    config.stts = ml_collections.ConfigDict(
-        {"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3, "max_videos_per_row": a.videos_per_row}
-    )
-    config.data = ml_collections.ConfigDict(
-        {
-            "dataset": "manifest_video_qa",
-            "data_dir": "/tmp/stts_jax_data",
-            "name": "default",
-            "train_manifest": "",  # required: --config.data.train_manifest=PATH
-            "eval_manifest": "",
-            "tokenizer": "",  # required: --config.data.tokenizer=PATH/tokenizer.json (Qwen3's)
-            "video_frames": a.frames,
-            "batch_size": a.batch // a.hosts,  # rows per host
-            "max_frames": a.videos_per_row * a.frames,
-            "llm_seq_len": a.seq,
-            "max_videos_per_row": a.videos_per_row,
-            "packing_bins": 8,
-            "seed": a.seed,
-            "strict": False,
-        }
-    )
+    config.stts = ml_collections.ConfigDict({"method": a.method, "prune_ratio": a.prune_ratio, "layer": 3})
+    config.data = manifest_data_section(a.frames, a.batch // a.hosts, a.videos_per_row, a.seq, a.seed)
     config.train = train_section(steps=6250, seed=a.seed, accumulate_steps=accumulate_steps, mesh=mesh)
     return config
 
@@ -142,25 +157,14 @@ def pipeline_config(config: ml_collections.ConfigDict, model: Molmo2Config) -> P
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
     values = {k: v for k, v in config.data.items() if k in fields}
     values["prune_ratio"] = model.stts.prune_ratio if model.stts.prunes else 0.0
-    pipeline = PipelineConfig(**values)
-    if model.stts.prunes and model.stts.llm_seq_len not in (None, pipeline.llm_seq_len):
-        raise ConfigError(
-            f"stts.llm_seq_len {model.stts.llm_seq_len} != data.llm_seq_len {pipeline.llm_seq_len}: the model "
-            "must run on the length the pipeline packs to; leave stts.llm_seq_len unset."
-        )
-    if pipeline.max_videos_per_row > model.stts.max_videos_per_row and model.stts.prunes:
-        raise ConfigError(
-            f"data.max_videos_per_row {pipeline.max_videos_per_row} > stts.max_videos_per_row "
-            f"{model.stts.max_videos_per_row}: the kept-window buffer would overflow."
-        )
-    return pipeline
+    return PipelineConfig(**values)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
     """The typed configs a training run is built from (the training loop and the AOT tool share them)."""
 
-    model: Molmo2Config  # with stts.llm_seq_len = the pipeline's when it prunes: the length the LLM runs on
+    model: Molmo2Config
     pipeline: PipelineConfig
     optimizer: OptimizerConfig
 
@@ -170,8 +174,6 @@ def training_setup(config: ml_collections.ConfigDict, **model_changes: Any) -> T
     (e.g. attention_impl="splash" for a TPU compile)."""
     model = model_config(config).replace(**model_changes).validate()
     pipeline = pipeline_config(config, model)
-    if model.stts.prunes:
-        model = model.with_stts(llm_seq_len=pipeline.llm_seq_len)
     rules = config.train.get("optimizer", {})
     optimizer = OptimizerConfig(**{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in rules.items()})
     return TrainingSetup(model, pipeline, optimizer)

@@ -96,7 +96,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     mesh = make_mesh(MeshConfig(**train_cfg.mesh))
     rows = batch_sharding(mesh, pipeline.batch_size * jax.process_count())
 
-    sample_video, _ = to_model_batch(next(iter(dataset)), model)  # shapes only
+    sample_video, _ = to_model_batch(next(iter(dataset)), model, pipeline.layout)  # shapes only
     optimizer = make_optimizer(setup.optimizer, param_shapes(model, sample_video))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
@@ -117,7 +117,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
         batches, eval_iterator = [], iter(validation)
         rng = jax.random.key_data(jax.random.key(train_cfg.seed))
         for _ in range(train_cfg.eval_batches):
-            video, targets = to_model_batch(next(eval_iterator), model)
+            video, targets = to_model_batch(next(eval_iterator), model, pipeline.layout)
             result = eval_fn(params, jax.tree.map(lambda x: _global(x, rows), video), _global(targets, rows), rng)
             batches.append({k: float(v) for k, v in jax.device_get(result).items()})
         stacked = {k: np.asarray([b[k] for b in batches]) for k in batches[0]}
@@ -136,13 +136,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
         )
         while step < train_cfg.steps and not stop["requested"]:
             start = time.perf_counter()
-            video, targets = to_model_batch(next(iterator), model)
+            video, targets = to_model_batch(next(iterator), model, pipeline.layout)
             state, metrics = step_fn(state, jax.tree.map(lambda x: _global(x, rows), video), _global(targets, rows))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if metrics.get("overflow_rows", 0) > 0:
                 raise TrainingError(
                     f"step {step}: {int(metrics['overflow_rows'])} row(s) overflowed a static STTS buffer or lost "
-                    "placeholders; raise stts.max_videos_per_row / data.llm_seq_len to match the data."
+                    "placeholders; check data.max_videos_per_row / data.llm_seq_len."
                 )
             if metrics["rejected"]:
                 log.warning("step %d: non-finite loss or gradient; the update was rejected, state kept", step)

@@ -20,7 +20,7 @@ def _prefill(cfg: Molmo2Config, params, batch: VideoBatch, new_slots: int) -> di
     """The prompt through the model into a cache with `new_slots` free slots after it."""
     model = Molmo2(cfg)
     b = batch.input_ids.shape[0]
-    s = cfg.stts.llm_length(batch.input_ids.shape[1])
+    s = batch.llm_length(cfg)
     cache = init_cache(cfg, b, s + new_slots)
     logits, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
     segment_ids, positions = forward.tokens.segment_ids, forward.tokens.positions  # after pruning, if any

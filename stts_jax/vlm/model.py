@@ -6,6 +6,8 @@ then the pruned placeholders removed from the LLM sequence in-graph).
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -24,6 +26,21 @@ from stts_jax.stts.scorer import Scorer
 Array = jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+    """The static shape of a batch's rows, fixed by whoever packed them (the data pipeline, evaluation): the
+    pruning methods size their buffers from it, so the data's own figures are the only copy."""
+
+    llm_seq_len: int | None = None  # LLM tokens per row after pruned placeholders leave; None = the input length
+    max_videos_per_row: int = 1  # videos packed in one row (sizes the static kept-window buffer)
+
+    def __post_init__(self):
+        if self.llm_seq_len is not None and self.llm_seq_len <= 0:
+            raise ValueError(f"RowLayout.llm_seq_len {self.llm_seq_len} must be positive (or None).")
+        if self.max_videos_per_row < 1:
+            raise ValueError(f"RowLayout.max_videos_per_row {self.max_videos_per_row} must be >= 1.")
+
+
 @flax.struct.dataclass
 class VideoBatch:
     """One micro-batch of (possibly packed) rows, all shapes static.
@@ -38,6 +55,7 @@ class VideoBatch:
     frame_video_ids: [batch, frames] int32 or None, the video (1, 2, ...) of each frame slot, 0 =
       padding slot; a video's frames contiguous and in time order, real slots first. Required by
       the pruning methods, which build windows frame-major from `cfg.adapter.pooling_size`.
+    layout: the rows' static shape (static: part of the compiled program, not traced).
     """
 
     input_ids: Array
@@ -46,6 +64,13 @@ class VideoBatch:
     pixel_values: Array
     pooling_idx: Array
     frame_video_ids: Array | None = None
+    layout: RowLayout = flax.struct.field(pytree_node=False, default=RowLayout())
+
+    def llm_length(self, cfg: Molmo2Config) -> int:
+        """The static length of the sequence the LLM runs on: the layout's `llm_seq_len` (default the input
+        length) when the model prunes, else the input length."""
+        input_length = self.input_ids.shape[1]
+        return (self.layout.llm_seq_len or input_length) if cfg.stts.prunes else input_length
 
 
 @flax.struct.dataclass
@@ -104,7 +129,7 @@ def placeholder_ranks(input_ids: Array, image_patch_id: int) -> tuple[Array, Arr
 class Molmo2(nn.Module):
     """Molmo2ForConditionalGeneration (+ STTS). `__call__(batch)` -> (logits [batch, seq, vocab], Forward).
 
-    With pruning, `seq` is `cfg.stts.llm_seq_len` (or the input length) and `Forward.tokens` is the
+    With pruning, `seq` is `batch.llm_length(cfg)` and `Forward.tokens` is the
     compacted sequence the logits refer to. Rows the static buffers cannot represent are flagged, never
     dropped silently (`Forward.overflow`).
     """
@@ -170,8 +195,11 @@ class Molmo2(nn.Module):
             lambda: self.make_rng("stts"),
             batch.pixel_values,
             batch.frame_video_ids,
+            batch.layout.max_videos_per_row,
         )
-        compacted = remove_pruned_placeholders(self.cfg, sequence, pruned.keep, batch.frame_video_ids)
+        compacted = remove_pruned_placeholders(
+            self.cfg, sequence, pruned.keep, batch.frame_video_ids, batch.llm_length(self.cfg)
+        )
         return compacted.tokens, pruned.tokens, pruned, compacted, out
 
     def llm(self, tokens: TokenSequence, video: Array, cache=None) -> tuple[Array, Array, Array]:
