@@ -101,6 +101,7 @@ def test_non_finite_loss_rejects_the_step_and_keeps_the_state():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # ~50 s; in the default run test_train_step_reference checks accumulation's raw gradients
 def test_gradient_accumulation_gives_the_same_update():
     cfg, batch, optimizer, state = setup(lr_scale=100.0)
     batch = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), batch)  # 4 rows
