@@ -41,12 +41,10 @@ def _video_feature(channels: bool = True) -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
 
 
-def _qa_info(builder: tfds.core.GeneratorBasedBuilder, **extra) -> tfds.core.DatasetInfo:
-    """The features every video-QA builder writes (answer -1 = free text), plus `extra` ones."""
+def _qa_info(builder: tfds.core.GeneratorBasedBuilder, **media) -> tfds.core.DatasetInfo:
+    """The question features every video-QA builder writes (answer -1 = free text), plus its `media`."""
     features = {
         "id": tfds.features.Text(),
-        "video": _video_feature(),
-        "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32),
         "question": tfds.features.Text(),
         "options": tfds.features.Sequence(tfds.features.Text()),
         "answer": np.int32,
@@ -54,7 +52,7 @@ def _qa_info(builder: tfds.core.GeneratorBasedBuilder, **extra) -> tfds.core.Dat
         "family": tfds.features.Text(),
     }
     return tfds.core.DatasetInfo(
-        builder=builder, description=type(builder).__doc__, features=tfds.features.FeaturesDict(features | extra)
+        builder=builder, description=type(builder).__doc__, features=tfds.features.FeaturesDict(features | media)
     )
 
 
@@ -71,7 +69,8 @@ class SyntheticVideoQA(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [SyntheticBuilderConfig(name="default")]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return _qa_info(self, masks=_video_feature(channels=False))
+        timestamps = tfds.features.Tensor(shape=(None,), dtype=np.float32)
+        return _qa_info(self, video=_video_feature(), timestamps=timestamps, masks=_video_feature(channels=False))
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, n) for split, n in self.builder_config.num_examples}
@@ -127,18 +126,7 @@ class ManifestVideoQA(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"2.0.0": "clips stored once, at model resolution, frames compressed; one split per dataset"}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "id": tfds.features.Text(),
-            "clip": np.int64,  # the record in CLIPS_FILE
-            "question": tfds.features.Text(),
-            "options": tfds.features.Sequence(tfds.features.Text()),
-            "answer": np.int32,
-            "answer_text": tfds.features.Text(),
-            "family": tfds.features.Text(),
-        }
-        return tfds.core.DatasetInfo(
-            builder=self, description=type(self).__doc__, features=tfds.features.FeaturesDict(features)
-        )
+        return _qa_info(self, clip=np.int64)  # clip: the record in CLIPS_FILE
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
