@@ -30,7 +30,8 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.6.0",
         "tokenizers>=0.22",
-        "av>=14.0",
+        "av>=18.0",  # frame rotation from the display matrix; writing it (tests)
+        "pillow>=10.0",  # stored frames: JPEG / PNG
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "absl-py>=2.1",
@@ -41,7 +42,10 @@ setup(
         "hf": HF_REQUIRES,
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],  # pods: libtpu, and gs:// for TFDS / Orbax / TensorBoard
         # jax[tpu]: the libtpu built for the installed jax (0.0.42.* for jax 0.10.2); tests compile for TPU slices
-        "test": HF_REQUIRES + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100", "jax[tpu]"] + NOTEBOOK_REQUIRES,
+        "test": HF_REQUIRES
+        + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100", "jax[tpu]"]
+        + ["gcsfs>=2024.6", "gcp-storage-emulator>=2024.8"]  # gs:// paths against a local GCS emulator
+        + NOTEBOOK_REQUIRES,
         "notebooks": NOTEBOOK_REQUIRES,
     },
 )

@@ -73,3 +73,15 @@ def test_interleaved_rounds_alternate_order_after_untimed_warmup():
 def test_unknown_sub_command_is_refused():
     assert bench_main(["nope"]) == 2
     assert bench_main([]) == 2
+
+
+def test_video_benchmark_measures_a_file_it_wrote(tmp_path):
+    """The `video` sub-command's two halves on a small file: what it writes decodes, with a variable rate,
+    to the frames the sampling asks for, and each timing is a positive number of seconds."""
+    from stts_jax.bench import video
+
+    path = str(tmp_path / "vfr.mp4")
+    video.write(path, "libx264", "mp4", (96, 128), None, 6)  # 6 s at irregular times
+    measured = video.measure(path, repeats=1)
+    assert measured["frames"] == 12  # 2 fps over 6 s, each sample a distinct frame
+    assert all(measured[k] > 0 for k in ("decode", "encode", "stored", "patchify")) and measured["clip_bytes"] > 0

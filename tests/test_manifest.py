@@ -238,3 +238,15 @@ def test_build_command_builds_every_split_and_is_safe_to_rerun(tmp_path, videos)
         assert "skipped 3 {'missing file': 1, 'not a video': 1, 'unreadable video': 1}" in lines[0]
     bad = subprocess.run([*command, "--config.data.train_manifest=/nowhere.jsonl"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: /nowhere.jsonl")
+
+
+def test_a_manifest_and_its_videos_on_gcs(tmp_path, videos, gcs):
+    """The same manifest and videos uploaded to gs:// (the GCS emulator): the same dataset, read remotely."""
+    gcs.put(str(tmp_path / "videos"), "gs://bucket/qa/videos", recursive=True)
+    gcs.put(videos, "gs://bucket/qa/train.jsonl")
+    remote = build(tmp_path / "remote", "gs://bucket/qa/train.jsonl", clips={"encoding": "png"})
+    local = build(tmp_path / "local", videos, clips={"encoding": "png"})
+    assert remote.report["skipped"] == local.report["skipped"] and len(remote) == len(local) == 4
+    by_id = {local[i]["id"]: local[i] for i in range(len(local))}
+    for i in range(len(remote)):
+        np.testing.assert_array_equal(remote[i]["video"], by_id[remote[i]["id"]]["video"])

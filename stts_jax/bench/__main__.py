@@ -5,6 +5,7 @@
   step    train-step and prefill time, pruned vs unpruned side by side, ViT / LLM / scorer split
   torch   our forward against transformers' Molmo2 in PyTorch, same weights and inputs, same CPU
   data    input-pipeline throughput next to the train step
+  video   video decoding and host preprocessing per core, stored vs on-the-fly, on realistic files
 
 `python -m stts_jax.bench <sub-command> --help` lists a sub-command's options.
 """
@@ -14,7 +15,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUB_COMMANDS = {"flops": "flops", "paper": "paper", "step": "step", "torch": "pytorch", "data": "data"}
+SUB_COMMANDS = {
+    "flops": "flops",
+    "paper": "paper",
+    "step": "step",
+    "torch": "pytorch",
+    "data": "data",
+    "video": "video",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

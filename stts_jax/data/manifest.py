@@ -70,10 +70,13 @@ def _is_number(x) -> bool:
 def resolve_video(manifest: str, video: str, allow_outside: bool) -> str:
     """`video` relative to the manifest's folder; paths that leave it (absolute, `..`, other schemes)
     only when `allow_outside`."""
-    root = posixpath.dirname(str(manifest)) if "://" in str(manifest) else str(epath.Path(manifest).parent)
+    scheme, _, folder = str(manifest).rpartition("://")
+    folder = posixpath.dirname(folder) if scheme else str(epath.Path(manifest).parent)
     absolute = "://" in video or video.startswith("/")
-    resolved = video if absolute else posixpath.normpath(posixpath.join(root, video))
-    inside = not absolute and (resolved == root or resolved.startswith(root.rstrip("/") + "/"))
+    resolved = video if absolute else posixpath.normpath(posixpath.join(folder, video))
+    inside = not absolute and resolved.startswith(folder.rstrip("/") + "/")
+    root = f"{scheme}://{folder}" if scheme else folder
+    resolved = f"{scheme}://{resolved}" if scheme and not absolute else resolved
     if not inside and not allow_outside:
         raise DataError(
             f"video {video!r} is outside the manifest's folder {root}; move it there or set "

@@ -193,6 +193,8 @@ def decode_video(
                     times[i] = (position - index.pts[0]) * float(stream.time_base)
     except DataError as e:
         raise DataError(f"{path}: {e}", e.kind) from e
+    except FileNotFoundError as e:  # a remote path (local ones are checked above)
+        raise DataError(f"{path}: file not found", "missing file") from e
     except Exception as e:  # PyAV raises many error types for corrupt, truncated or non-video files
         raise DataError(f"{path}: cannot be decoded ({type(e).__name__}: {e})", "unreadable video") from e
     return frames, times.astype(np.float32)

@@ -89,6 +89,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
         )
     train_source, tokenizer = source(config, "train")
     dataset, preprocess = make_dataset(train_source, model, pipeline, tokenizer)
+    build_skips = getattr(train_source, "report", {}).get("skipped", {})  # lines a manifest build skipped
+    if build_skips:
+        log.warning("the training data's build skipped %d example(s): %s", sum(build_skips.values()), build_skips)
     validation = None
     if train_cfg.eval_every:
         eval_pipeline = dataclasses.replace(pipeline, shuffle=False)  # the same batches at every evaluation
@@ -152,6 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
                 step_seconds=seconds,
                 tokens_per_second=metrics["llm_tokens"] / seconds,
                 skipped_examples=sum(preprocess.skipped.values()),
+                build_skipped_examples=sum(build_skips.values()),
             )
             writer.write(step, metrics, "train")
             bar.update(1 - int(metrics["rejected"]))
