@@ -250,3 +250,18 @@ def test_a_manifest_and_its_videos_on_gcs(tmp_path, videos, gcs):
     by_id = {local[i]["id"]: local[i] for i in range(len(local))}
     for i in range(len(remote)):
         np.testing.assert_array_equal(remote[i]["video"], by_id[remote[i]["id"]]["video"])
+
+
+def test_on_the_fly_examples_feed_the_pipeline_and_unusable_ones_are_counted(tmp_path, videos):
+    from stts_jax.data.pipeline import PipelineConfig, make_dataset
+    from stts_jax.data.tokenizer import synthetic_tokenizer
+    from stts_jax.models import get_config
+
+    cfg = get_config("tiny")
+    live = OnTheFlySource(read_manifest(videos), ClipSettings(image_size=cfg.vision.image_size[0]))
+    tokenizer = synthetic_tokenizer(["what", "is", "it", "again", "x", "y"])
+    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=200, max_videos_per_row=1, repeat=False, shuffle=False)
+    dataset, preprocess = make_dataset(live, cfg, p, tokenizer)
+    frames = sorted(int((b["pixels_segment_ids"] > 0).sum()) for b in dataset)
+    assert frames == [4, 6, 6, 6]  # b.mp4 (2 s) and the three questions about a.mp4 (3 s)
+    assert dict(preprocess.skipped) == {"unreadable video": 1, "missing file": 1, "not a video": 1}

@@ -49,9 +49,17 @@ class PipelineConfig:
     answer_format: str = "letter"  # multiple choice answered with the option's "letter" or its words ("option")
     worker_count: int = 0  # grain worker processes that prefetch batches (0: in this process; skip
     # counters in `Preprocess.skipped` then live in the workers, which log each skip)
+    worker_buffer_size: int = 2  # batches each worker prepares ahead
 
     def __post_init__(self):
-        for name in ("batch_size", "max_frames", "llm_seq_len", "max_videos_per_row", "packing_bins"):
+        for name in (
+            "batch_size",
+            "max_frames",
+            "llm_seq_len",
+            "max_videos_per_row",
+            "packing_bins",
+            "worker_buffer_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} {getattr(self, name)} must be >= 1.")
         if not 0.0 <= self.prune_ratio < 1.0:
@@ -181,7 +189,8 @@ def make_dataset(
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, defaults
             flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=pipeline.worker_count))
+        options = grain.MultiprocessingOptions(pipeline.worker_count, pipeline.worker_buffer_size)
+        ds = ds.mp_prefetch(options)
     return ds, preprocess
 
 

@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "max_videos_per_row": 2,
             "packing_bins": 4,
             "worker_count": 0,  # grain processes preparing batches while the device computes (0: in this one)
+            "worker_buffer_size": 2,  # batches each of them prepares ahead
             "seed": a.seed,
             "strict": False,
             "answer_format": a.answer_format,

@@ -71,6 +71,7 @@ def manifest_data_section(
             "build_workers": 4,  # processes decoding videos while building
             "progress": True,
             "worker_count": 0,  # grain processes preparing batches while the device computes (0: in this one)
+            "worker_buffer_size": 2,  # batches each of them prepares ahead
             "batch_size": batch_size,  # rows per host
             "max_frames": videos_per_row * frames,  # frame slots per row
             "llm_seq_len": llm_seq_len,
