@@ -31,7 +31,8 @@ from stts_jax.data.sources import source  # noqa: E402
 from stts_jax.train.loop import model_config, pipeline_config  # noqa: E402
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings  # noqa: E402
-from stts_jax.train.step import init_state, param_shapes, sharded_init, sharded_train_step  # noqa: E402
+from stts_jax.train.step import init_state, sharded_init, sharded_train_step  # noqa: E402
+from stts_jax.vlm.model import param_shapes  # noqa: E402
 
 
 class HostShard:
@@ -62,7 +63,7 @@ def make_trainer(config, model, sample, mesh, global_rows: int):
     opt_cfg = OptimizerConfig(
         **{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in optimizer_fields.items()}
     )
-    optimizer = make_optimizer(opt_cfg, param_shapes(model, sample))
+    optimizer = make_optimizer(opt_cfg, param_shapes(model))
     seed = config.train.seed
     shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, seed), sample)
     shardings = state_shardings(shape, mesh)

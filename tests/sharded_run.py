@@ -19,7 +19,8 @@ from stts_jax.models import get_config  # noqa: E402
 from stts_jax.models.config import STTSConfig  # noqa: E402
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings  # noqa: E402
-from stts_jax.train.step import init_state, param_shapes, sharded_init, sharded_train_step  # noqa: E402
+from stts_jax.train.step import init_state, sharded_init, sharded_train_step  # noqa: E402
+from stts_jax.vlm.model import param_shapes  # noqa: E402
 
 
 def build(mesh_shape, devices, steps=3):
@@ -31,7 +32,7 @@ def build(mesh_shape, devices, steps=3):
     targets = answer_targets(batch)
     rates = tuple((p, lr * 100) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=20)
-    optimizer = make_optimizer(opt_cfg, param_shapes(cfg, batch))
+    optimizer = make_optimizer(opt_cfg, param_shapes(cfg))
     mesh = make_mesh(MeshConfig(*mesh_shape), devices)
     shape = jax.eval_shape(lambda b: init_state(cfg, optimizer, b, 0), batch)
     shardings = state_shardings(shape, mesh)

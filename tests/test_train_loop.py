@@ -110,8 +110,9 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from stts_jax.convert.hf import abstract_params, save_molmo2
+    from stts_jax.convert.hf import save_molmo2
     from stts_jax.train.experiment import model_config
+    from stts_jax.vlm.model import param_shapes
 
     config = load_config(data_dir, 2, 2, train__eval_every=1, train__eval_batches=2)
     config.train.optimizer.freeze = ["(vit|connector|text|lm_head)/.*"]
@@ -119,9 +120,7 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
         model_config(config), stts=dataclasses.replace(model_config(config).stts, method="none")
     )
     rng = np.random.default_rng(3)
-    pretrained = jax.tree.map(
-        lambda x: (0.02 * rng.standard_normal(x.shape)).astype(x.dtype), abstract_params(backbone)
-    )
+    pretrained = jax.tree.map(lambda x: (0.02 * rng.standard_normal(x.shape)).astype(x.dtype), param_shapes(backbone))
     save_molmo2(backbone, pretrained, str(tmp_path / "hf"))
     config.train.init_from = str(tmp_path / "hf")
     train(config, str(tmp_path / "run"))
@@ -150,9 +149,7 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
 
     other = dataclasses.replace(backbone, text=dataclasses.replace(backbone.text, intermediate_size=48))
-    save_molmo2(
-        other, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(other)), str(tmp_path / "other")
-    )
+    save_molmo2(other, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), param_shapes(other)), str(tmp_path / "other"))
     config.train.init_from = str(tmp_path / "other")
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train(config, str(tmp_path / "run2"))

@@ -14,7 +14,8 @@ from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
 from stts_jax.train.loss import answer_cross_entropy, combine_metrics
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer, param_groups, param_path
-from stts_jax.train.step import init_state, param_shapes, train_step
+from stts_jax.train.step import init_state, train_step
+from stts_jax.vlm.model import param_shapes
 
 ROWS, FRAMES, SEQ = [[2, 1], [3]], 4, 96
 
@@ -34,7 +35,7 @@ def setup(method="stts", lr_scale=1.0, **optimizer_changes):
     batch = stts_batch(cfg, ROWS, FRAMES, SEQ, llm_seq_len=72)
     rates = tuple((p, lr * lr_scale) for p, lr in OptimizerConfig().learning_rates)
     opt_cfg = OptimizerConfig(learning_rates=rates, warmup_steps=1, total_steps=50, **optimizer_changes)
-    optimizer = make_optimizer(opt_cfg, param_shapes(cfg, batch))
+    optimizer = make_optimizer(opt_cfg, param_shapes(cfg))
     return cfg, batch, optimizer, init_state(cfg, optimizer, batch, 0)
 
 

@@ -25,8 +25,8 @@ from stts_jax.models.llm import init_cache
 from stts_jax.train.experiment import training_setup
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, param_shardings, state_shardings
-from stts_jax.train.step import init_state, param_shapes, sharded_train_step
-from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, last_token
+from stts_jax.train.step import init_state, sharded_train_step
+from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, last_token, param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def train_build(w: Workload, mesh: Mesh, rows: int, accumulate: int) -> Callable
 
     def build(cfg: Molmo2Config):
         batch, targets = _batch(w, cfg, rows)
-        optimizer = make_optimizer(w.optimizer, param_shapes(cfg, batch))
+        optimizer = make_optimizer(w.optimizer, param_shapes(cfg))
         state = jax.eval_shape(lambda b: init_state(cfg, optimizer, b, 0), batch)
         shardings = state_shardings(state, mesh)
         step = sharded_train_step(cfg, optimizer, shardings, sharding, accumulate)
@@ -185,7 +185,7 @@ def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str
     def build(cfg: Molmo2Config):
         model = Molmo2(cfg)
         batch, _ = _batch(w, cfg, w.rows)
-        params = param_shapes(cfg, batch)
+        params = param_shapes(cfg)
 
         def prefill(params, batch):
             cache = init_cache(cfg, w.rows, w.llm_tokens)

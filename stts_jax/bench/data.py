@@ -30,7 +30,8 @@ from stts_jax.data.tokenizer import synthetic_tokenizer
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
-from stts_jax.train.step import init_state, param_shapes, train_step
+from stts_jax.train.step import init_state, train_step
+from stts_jax.vlm.model import param_shapes
 
 
 def write_manifest(root: str, count: int, synthetic: SyntheticConfig) -> str:
@@ -95,7 +96,7 @@ def step_rate(model_cfg, pipeline: PipelineConfig, batches: list) -> tuple[float
     """(examples/s, median seconds per step) of `stts_jax.train.step.train_step` (loss, gradients,
     AdamW update) on `batches` of `pipeline`."""
     video, targets = to_model_batch(batches[0], model_cfg, pipeline.layout)
-    optimizer = make_optimizer(OptimizerConfig(), param_shapes(model_cfg, video))
+    optimizer = make_optimizer(OptimizerConfig(), param_shapes(model_cfg))
     state, _ = train_step(model_cfg, optimizer, init_state(model_cfg, optimizer, video, seed=0), video, targets)
     jax.block_until_ready(state)  # compiled and warmed up
     times = []

@@ -20,7 +20,8 @@ from stts_jax.bench import report, step, workload
 from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
-from stts_jax.train.step import init_state, param_shapes, train_step
+from stts_jax.train.step import init_state, train_step
+from stts_jax.vlm.model import param_shapes
 
 # STTS.md section 8: (frames, batch) -> {k: (tokens per batch, training speed-up, inference speed-up)};
 # k = None is the unpruned model.
@@ -38,7 +39,7 @@ def program_flops(cfg: Molmo2Config, mode: str, batch_size: int, frames: int, te
     if mode == "prefill":
         params = jax.eval_shape(lambda b: step.init_params(cfg, b), batch)
         return report.flops(jax.jit(step.prefill_fn(cfg)).lower(params, batch).compile())
-    optimizer = make_optimizer(OptimizerConfig(), param_shapes(cfg, batch))
+    optimizer = make_optimizer(OptimizerConfig(), param_shapes(cfg))
     state = jax.eval_shape(lambda b: init_state(cfg, optimizer, b, seed=0), batch)
     targets = jax.ShapeDtypeStruct(batch.input_ids.shape, jnp.int32)
     return report.flops(train_step.lower(cfg, optimizer, state, batch, targets).compile())

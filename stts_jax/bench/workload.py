@@ -15,7 +15,7 @@ import numpy as np
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget, packing
 from stts_jax.vlm.model import RowLayout, VideoBatch
-from stts_jax.windows import frame_windows, pooling_windows, video_pooling_indices, windows_per_frame
+from stts_jax.windows import frame_windows, pooling_windows, windows_per_frame
 
 TIMESTAMP_TOKENS = 3  # "12.5 " is about three tokens before each frame
 ANSWER_TOKENS = 4
@@ -105,13 +105,12 @@ def synthetic_batch(
     seq = input_ids.shape[1]
     targets = np.zeros_like(input_ids)
     targets[:, seq - ANSWER_TOKENS :] = 1
-    pooling = video_pooling_indices(frames, *v.patch_grid, *cfg.adapter.pooling_size)
-    video = VideoBatch(
-        input_ids=jnp.asarray(input_ids),
-        segment_ids=jnp.ones((batch, seq), jnp.int32),
-        positions=jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
-        pixel_values=jnp.asarray(rng.normal(size=(batch, frames, v.num_patches, v.patch_dim)), jnp.dtype(cfg.dtype)),
-        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (batch, *pooling.shape)),
-        frame_video_ids=jnp.ones((batch, frames), jnp.int32),
+    video = VideoBatch.of_frames(
+        cfg,
+        input_ids,
+        np.ones((batch, seq), np.int32),
+        np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)),
+        jnp.asarray(rng.normal(size=(batch, frames, v.num_patches, v.patch_dim)), jnp.dtype(cfg.dtype)),
+        np.ones((batch, frames), np.int32),
     )
     return video, jnp.asarray(targets)

@@ -21,7 +21,7 @@ import numpy as np
 from stts_jax.convert.hf_config import config_from_hf, config_to_hf
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.models.config import Molmo2Config
-from stts_jax.vlm.model import Molmo2, VideoBatch
+from stts_jax.vlm.model import Molmo2, VideoBatch, param_shapes
 
 HF_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -126,21 +126,9 @@ def params_to_hf(cfg: Molmo2Config, params: Mapping) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
 
 
-def abstract_params(cfg: Molmo2Config) -> Any:
-    """Param shapes and dtypes of the model, without allocating anything."""
-    model = Molmo2(cfg)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), _sample_batch(cfg))["params"])
-
-
-def _sample_batch(cfg: Molmo2Config) -> VideoBatch:
-    ids = jnp.zeros((1, 4), jnp.int32)
-    pixels = jnp.zeros((1, 1, cfg.vision.num_patches, cfg.vision.patch_dim))
-    return VideoBatch(ids, ids + 1, ids, pixels, ids[:, :1, None], frame_video_ids=ids[:, :1] + 1)
-
-
 def hf_to_params(cfg: Molmo2Config, tensors: Mapping[str, np.ndarray], source: str = "checkpoint") -> dict:
     """{HF tensor name: array} -> our params, checking names and shapes against the model."""
-    expected = abstract_params(cfg)
+    expected = param_shapes(cfg)
     remaining = dict(tensors)
     params: dict = {}
 

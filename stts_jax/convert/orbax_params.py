@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from stts_jax.convert.hf import HF_CONFIG_FILE, abstract_params, read_config
+from stts_jax.convert.hf import HF_CONFIG_FILE, read_config
 from stts_jax.convert.hf_config import config_to_hf
 from stts_jax.errors import CheckpointError
 from stts_jax.models.config import Molmo2Config
+from stts_jax.vlm.model import param_shapes
 
 PARAMS_DIR = "params"
 
@@ -42,7 +43,7 @@ def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:
         raise CheckpointError(f"{params_path} not found: not a params-only Orbax checkpoint written by stts_jax.")
     checkpointer = ocp.StandardCheckpointer()
     stored = checkpointer.metadata(params_path).item_metadata.tree
-    expected = abstract_params(cfg)
+    expected = param_shapes(cfg)
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
     if shapes(stored) != shapes(expected):
         raise CheckpointError(

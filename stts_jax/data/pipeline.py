@@ -29,7 +29,7 @@ from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
 from stts_jax.vlm.model import RowLayout, VideoBatch
-from stts_jax.windows import video_pooling_indices, windows_per_frame
+from stts_jax.windows import windows_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +197,13 @@ def make_dataset(
 def to_model_batch(batch: dict, model_cfg: Molmo2Config, layout: RowLayout) -> tuple[VideoBatch, jnp.ndarray]:
     """A packed host batch (rows of `layout`, `PipelineConfig.layout`) -> (VideoBatch, targets [batch, seq]);
     pixels normalised here (on device)."""
-    b, frames = batch["pixels"].shape[:2]
-    pooling = video_pooling_indices(frames, *model_cfg.vision.patch_grid, *model_cfg.adapter.pooling_size)
-    video = VideoBatch(
-        input_ids=jnp.asarray(batch["input_ids"]),
-        segment_ids=jnp.asarray(batch["input_ids_segment_ids"]),
-        positions=jnp.asarray(batch["input_ids_positions"]),
-        pixel_values=normalize(jnp.asarray(batch["pixels"])),
-        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
-        frame_video_ids=jnp.asarray(batch["pixels_segment_ids"]),
-        layout=layout,
+    video = VideoBatch.of_frames(
+        model_cfg,
+        batch["input_ids"],
+        batch["input_ids_segment_ids"],
+        batch["input_ids_positions"],
+        normalize(jnp.asarray(batch["pixels"])),
+        batch["pixels_segment_ids"],
+        layout,
     )
     return video, jnp.asarray(batch["targets"])

@@ -34,7 +34,7 @@ from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
 from stts_jax.vlm.generate import generate_and_score
 from stts_jax.vlm.model import Molmo2, VideoBatch
-from stts_jax.windows import pooling_windows, video_pooling_indices, windows_per_frame
+from stts_jax.windows import pooling_windows, windows_per_frame
 
 SCORING = ("generate", "likelihood")
 
@@ -156,15 +156,8 @@ def _batch(rows: Sequence[_Example], cfg: Molmo2Config, seq_len: int, frame_slot
         segment_ids[i, : len(row.input_ids)] = 1
         pixels[i, : len(row.pixels)] = row.pixels
         frame_ids[i, : len(row.pixels)] = 1
-    pooling = video_pooling_indices(frame_slots, *cfg.vision.patch_grid, *cfg.adapter.pooling_size)
-    return VideoBatch(
-        input_ids=jnp.asarray(input_ids),
-        segment_ids=jnp.asarray(segment_ids),
-        positions=jnp.asarray(np.broadcast_to(np.arange(seq_len, dtype=np.int32), (b, seq_len))),
-        pixel_values=normalize(jnp.asarray(pixels)),
-        pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
-        frame_video_ids=jnp.asarray(frame_ids),
-    )
+    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (b, seq_len))
+    return VideoBatch.of_frames(cfg, input_ids, segment_ids, positions, normalize(jnp.asarray(pixels)), frame_ids)
 
 
 def evaluate(

@@ -32,7 +32,8 @@ from stts_jax.train.loss import combine_metrics
 from stts_jax.train.metrics import MetricsWriter
 from stts_jax.train.optimizer import make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
-from stts_jax.train.step import init_state, param_shapes, sharded_eval_step, sharded_init, sharded_train_step
+from stts_jax.train.step import init_state, sharded_eval_step, sharded_init, sharded_train_step
+from stts_jax.vlm.model import param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     rows = batch_sharding(mesh, pipeline.batch_size * jax.process_count())
 
     sample_video, _ = to_model_batch(next(iter(dataset)), model, pipeline.layout)  # shapes only
-    optimizer = make_optimizer(setup.optimizer, param_shapes(model, sample_video))
+    optimizer = make_optimizer(setup.optimizer, param_shapes(model))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
     mgr = checkpoint.manager(workdir, train_cfg.keep_checkpoints)

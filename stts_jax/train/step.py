@@ -27,12 +27,6 @@ class TrainState:
     rng: Array  # raw uint32 key data (checkpointable), see jax.random.key_data
 
 
-def param_shapes(cfg: Molmo2Config, batch: VideoBatch):
-    """The params' shapes and dtypes (to build the optimizer's groups), without allocating them."""
-    keys = {"params": jax.random.key(0), "stts": jax.random.key(0)}
-    return jax.eval_shape(lambda b: Molmo2(cfg).init(keys, b)["params"], batch)
-
-
 def init_state(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch: VideoBatch, seed: int) -> TrainState:
     rng, init_rng, stts_rng = jax.random.split(jax.random.key(seed), 3)
     params = Molmo2(cfg).init({"params": init_rng, "stts": stts_rng}, batch)["params"]

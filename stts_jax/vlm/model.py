@@ -22,6 +22,7 @@ from stts_jax.models.vit import VisionTransformer
 from stts_jax.stts.method import CompactedSequence, PrunedVideo, encode_video_pruned, remove_pruned_placeholders
 from stts_jax.stts.pruning import gather_tokens
 from stts_jax.stts.scorer import Scorer
+from stts_jax.windows import video_pooling_indices
 
 Array = jax.Array
 
@@ -65,6 +66,31 @@ class VideoBatch:
     pooling_idx: Array
     frame_video_ids: Array | None = None
     layout: RowLayout = flax.struct.field(pytree_node=False, default=RowLayout())
+
+    @classmethod
+    def of_frames(
+        cls,
+        cfg: Molmo2Config,
+        input_ids: Array,
+        segment_ids: Array,
+        positions: Array,
+        pixel_values: Array,
+        frame_video_ids: Array,
+        layout: RowLayout | None = None,
+    ) -> VideoBatch:
+        """A batch whose every frame slot is pooled as Molmo2 pools a video (all windows of each frame,
+        frame-major): the pooling indices follow from `cfg` and the frame slots of `pixel_values`."""
+        b, frames = pixel_values.shape[:2]
+        pooling = video_pooling_indices(frames, *cfg.vision.patch_grid, *cfg.adapter.pooling_size)
+        return cls(
+            input_ids=jnp.asarray(input_ids),
+            segment_ids=jnp.asarray(segment_ids),
+            positions=jnp.asarray(positions),
+            pixel_values=jnp.asarray(pixel_values),
+            pooling_idx=jnp.broadcast_to(jnp.asarray(pooling), (b, *pooling.shape)),
+            frame_video_ids=jnp.asarray(frame_video_ids),
+            layout=layout or RowLayout(),
+        )
 
     def llm_length(self, cfg: Molmo2Config) -> int:
         """The static length of the sequence the LLM runs on: the layout's `llm_seq_len` (default the input
@@ -230,3 +256,12 @@ class Molmo2(nn.Module):
         """One step of text tokens [batch, 1] written at `cache_index`; returns (logits, cache)."""
         hidden, cache = self.text(self.text.embed_tokens(input_ids), positions, segments, cache, cache_index)
         return self.lm_head(hidden), cache
+
+
+def param_shapes(cfg: Molmo2Config) -> dict:
+    """The params' shapes and dtypes (they do not depend on the batch), without allocating anything."""
+    ids = jnp.zeros((1, 4), jnp.int32)
+    pixels = jnp.zeros((1, 1, cfg.vision.num_patches, cfg.vision.patch_dim))
+    sample = VideoBatch(ids, ids + 1, ids, pixels, ids[:, :1, None], frame_video_ids=ids[:, :1] + 1)
+    keys = {"params": jax.random.key(0), "stts": jax.random.key(0)}
+    return jax.eval_shape(lambda: Molmo2(cfg).init(keys, sample)["params"])
