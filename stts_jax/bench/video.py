@@ -2,7 +2,7 @@
 
 `python -m stts_jax.bench video [--videos DIR] [--long]` writes (once, into DIR) H.264 1080p30 files of
 10 minutes (and with --long one hour), a VP9 720p webm and a variable-frame-rate H.264 clip, all of a
-camera panning over a noisy texture, and measures, each in a fresh process pinned to one core:
+camera panning over a random texture, and measures, each in a fresh process pinned to one core:
   build: decode_video of 64 frames at the model's 378 px + JPEG storage (what a build does per clip);
   stored: reading a stored clip (JPEG decode) + patchify (what a training step's input costs per video);
   on the fly: decode_video + patchify (what a training step's input costs per video without a build);
@@ -36,13 +36,13 @@ FILES = {  # name -> codec, container format, (height, width), fps or None (vari
 
 
 def write(path: str, codec: str, fmt: str, size: tuple[int, int], fps: int | None, seconds: int) -> None:
-    """A camera panning over a smooth random texture with a little noise per frame, at a bitrate a
-    camera would produce (x264 `veryfast` CRF 23; VP9 realtime). fps None: frames at irregular times
+    """A camera panning over a random texture (8 px cells), encoded as a camera or a site would (x264
+    `veryfast` CRF 23, with B-frames and CABAC; VP9 realtime). fps None: frames at irregular times
     (between 1/60 and 1/10 s apart), timestamps in milliseconds."""
     h, w = size
     rng = np.random.default_rng(0)
     coarse = rng.integers(0, 256, (h // 8 + 2, 2 * w // 8 + 2, 3), dtype=np.uint8)
-    texture = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[: h + 8, : 2 * w]
+    texture = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)
     options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {"deadline": "realtime", "cpu-used": "8"}
     with av.open(path, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps or 1000, options=options)
@@ -52,8 +52,7 @@ def write(path: str, codec: str, fmt: str, size: tuple[int, int], fps: int | Non
         t, i = 0.0, 0
         while t < seconds:
             x = int((w - 1) * (0.5 - 0.5 * np.cos(2 * np.pi * t / 40)))  # pans back and forth every 40 s
-            image = texture[4 : 4 + h, x : x + w] ^ rng.integers(0, 8, (h, w, 3), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:h, x : x + w]), format="rgb24")
             if fps is None:
                 frame.pts, frame.time_base = round(t * 1000), fractions.Fraction(1, 1000)
             for packet in stream.encode(frame):
@@ -65,7 +64,7 @@ def write(path: str, codec: str, fmt: str, size: tuple[int, int], fps: int | Non
 
 
 MEASURE = """
-import json, os, resource, sys, time
+import json, os, sys, time
 os.sched_setaffinity(0, {0})  # one core
 from stts_jax.data import decode_video
 from stts_jax.data.clips import ClipSettings, decode_clip, encode_clip
@@ -83,7 +82,8 @@ frames, times = clock("decode", lambda: decode_video(path, 64, 2.0, size=size))
 record = clock("encode", lambda: encode_clip(frames, times, ClipSettings(image_size=size)))
 clock("stored", lambda: patchify(decode_clip(record)[0], patch))
 clock("patchify", lambda: patchify(frames, patch))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: the latter keeps the high-water mark of the forking process across exec
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 timed.update(frames=len(frames), clip_bytes=len(record), rss_mib=peak)
 print(json.dumps(timed))
 """
