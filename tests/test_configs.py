@@ -70,3 +70,30 @@ def test_bad_values_name_the_field():
     config.data.max_videos_per_row = 0
     with pytest.raises(ConfigError, match="data.max_videos_per_row 0 must be >= 1"):
         pipeline_config(config, model_config(config))
+
+
+def test_train_values_that_would_lose_work_are_refused_first():
+    from stts_jax.train.experiment import training_setup
+
+    get = load("synthetic")
+    for field, value, message in [
+        ("keep_checkpoints", 0, "would delete every checkpoint"),
+        ("checkpoint_every", 0, "train.checkpoint_every 0 must be >= 1"),
+        ("steps", 0, "train.steps 0 must be >= 1"),
+    ]:
+        config = get("")
+        config.train[field] = value
+        with pytest.raises(ConfigError, match=message):
+            training_setup(config)
+
+
+def test_the_learning_rate_schedule_follows_the_run_length():
+    """--config.train.steps=1000 decays over 1000 steps (the schedule once copied the file's 800 at load
+    time); a config that fixes total_steps keeps it."""
+    from stts_jax.train.experiment import training_setup
+
+    config = load("synthetic")("")
+    config.train.steps = 1000
+    assert training_setup(config).optimizer.total_steps == 1000
+    config.train.optimizer.total_steps = 300
+    assert training_setup(config).optimizer.total_steps == 300

@@ -57,8 +57,23 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
 
 
-def test_kill9_then_restart_equals_uninterrupted_run(data_dir, tmp_path):
-    train(load_config(data_dir, 6, 2), str(tmp_path / "reference"))
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """A run of 6 steps without interruption, checkpoints at 2, 4 and 6."""
+    workdir = tmp_path_factory.mktemp("reference")
+    train(load_config(data_dir, 6, 2), str(workdir))
+    return workdir
+
+
+def assert_same_final_state(workdir, reference):
+    step, params = final_params(workdir)
+    ref_step, ref_params = final_params(reference)
+    assert step == ref_step == 6
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_kill9_then_restart_equals_uninterrupted_run(data_dir, reference, tmp_path):
     interrupted = tmp_path / "interrupted"
     process = cli(interrupted, data_dir, 6, 2)
     deadline = time.time() + 300
@@ -73,14 +88,51 @@ def test_kill9_then_restart_equals_uninterrupted_run(data_dir, tmp_path):
     output = restarted.communicate(timeout=600)[0]
     assert restarted.returncode == 0, output[-2000:]
     assert "resumed from step" in output
-    step, params = final_params(interrupted)
-    ref_step, ref_params = final_params(tmp_path / "reference")
-    assert step == ref_step == 6
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
-        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+    assert_same_final_state(interrupted, reference)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(data_dir, reference, tmp_path):
+    """The reference run's workdir as a crash during its step-6 save would leave it, with step 4's files
+    also truncated: the resume reports step 4, moves it aside, resumes from step 2, and ends where the
+    uninterrupted run ended; metrics.jsonl lists each step once."""
+    import json
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    for path in (workdir / "checkpoints" / "4").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    train(load_config(data_dir, 6, 2), str(workdir))
+    assert_same_final_state(workdir, reference)
+    assert (workdir / "damaged_checkpoints" / "4").is_dir()
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_workdir_keeps_one_experiment(data_dir, reference, tmp_path):
+    """Resuming with a config that changes the experiment is refused, naming the fields, and writes
+    nothing; more steps are allowed."""
+    import shutil
+
+    from stts_jax.errors import ConfigError
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    saved = (workdir / "config.json").read_bytes()
+    changed = load_config(data_dir, 6, 2, stts__prune_ratio=0.3, train__seed=1)
+    with pytest.raises(ConfigError, match=r"stts.prune_ratio: 0.5 there, 0.3 now; train.seed: 0 there, 1 now"):
+        train(changed, str(workdir))
+    assert (workdir / "config.json").read_bytes() == saved
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
+    metrics = train(load_config(data_dir, 7, 2), str(workdir))  # one more step: the same experiment
+    assert metrics["step"] == 7
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+    """Ctrl-C (SIGINT) stops a run as SIGTERM does: a checkpoint of the last step, exit 143 (the resume of a
+    SIGTERM-stopped run is checked against an uninterrupted one in test_resume_reference)."""
     process = cli(tmp_path, data_dir, 1000, 1000)
     deadline = time.time() + 300
     metrics = tmp_path / "metrics.jsonl"
@@ -88,17 +140,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     while not metrics.exists() or len(train_lines()) < 2:
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 143 and "checkpoint saved; rerun the same command" in output, output[-2000:]
     steps_done = len(train_lines())
     assert checkpoint.manager(str(tmp_path)).latest_step() == steps_done < 1000
 
 
-def test_workdir_with_a_checkpoint_of_another_model_is_refused(data_dir, tmp_path):
-    train(load_config(data_dir, 2, 2), str(tmp_path))
+def test_workdir_with_a_checkpoint_of_another_model_is_refused(data_dir, reference, tmp_path):
+    """Even without its config.json (which would refuse the change first), a checkpoint of another model
+    shape is refused."""
+    import shutil
+
+    shutil.copytree(reference, tmp_path / "run")
+    (tmp_path / "run" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="another model shape"):
-        train(load_config(data_dir, 4, 2, stts__method="random"), str(tmp_path))  # no scorer params
+        train(load_config(data_dir, 8, 2, stts__method="random"), str(tmp_path / "run"))  # no scorer params
 
 
 def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
@@ -202,3 +259,29 @@ def test_two_processes_with_jax_distributed_train_save_and_restore(data_dir, tmp
     outputs = run(4)
     assert all("resumed from step 2" in out for out in outputs)
     assert checkpoint.manager(str(tmp_path)).latest_step() == 4
+
+
+def test_metrics_on_gcs_are_uploaded_whole_and_a_resume_drops_later_rows(gcs, tmp_path):
+    """On gs:// (the GCS emulator) metrics.jsonl and the event file are complete after close, and a writer
+    resuming at step 2 drops the rows of steps 3-4 before writing them again."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from stts_jax.train.metrics import MetricsWriter
+
+    workdir = "gs://bucket/run_metrics"
+    writer = MetricsWriter(workdir, 0)
+    for step in range(1, 5):
+        writer.write(step, {"loss": 1.0 / step}, "train")
+    writer.close()
+    writer = MetricsWriter(workdir, 2)
+    for step in (3, 4):
+        writer.write(step, {"loss": 10.0 * step}, "train")
+    writer.close()
+    rows = [json.loads(line) for line in gcs.cat(f"{workdir}/metrics.jsonl").decode().splitlines()]
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 30.0), (4, 40.0)]
+    local = tmp_path / "events"
+    gcs.get(f"{workdir}/", str(local), recursive=True)
+    events = EventAccumulator(str(local)).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5), (3, 30.0), (4, 40.0)]

@@ -38,7 +38,7 @@ def main(argv):
     step = int(metrics.get("step", 0))
     if metrics.get("preempted"):
         # non-zero, so that a job scheduler (GKE JobSet, xpk --max-restarts) restarts the run
-        print(f"stopped by SIGTERM at step {step}, checkpoint saved; rerun the same command to resume")
+        print(f"stopped by {metrics['stopped_by']} at step {step}, checkpoint saved; rerun the same command to resume")
         sys.exit(PREEMPTED_EXIT_CODE)
     print(f"finished at step {step}: loss {metrics.get('loss', float('nan')):.4f}")
 

@@ -101,7 +101,7 @@ def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.Confi
             "optimizer": {
                 "learning_rates": [list(rule) for rule in OptimizerConfig.learning_rates],
                 "warmup_steps": 200,
-                "total_steps": steps,
+                "total_steps": 0,  # 0: decay over train.steps (set to fix the schedule whatever the steps)
                 "freeze": [],
             },
         }
@@ -175,6 +175,22 @@ def training_setup(config: ml_collections.ConfigDict, **model_changes: Any) -> T
     (e.g. attention_impl="splash" for a TPU compile)."""
     model = model_config(config).replace(**model_changes).validate()
     pipeline = pipeline_config(config, model)
-    rules = config.train.get("optimizer", {})
+    check_train_section(config.train)
+    rules = dict(config.train.get("optimizer", {}))
+    # the schedule decays over the run's steps unless a config fixes it (the replication's runs share one)
+    rules["total_steps"] = rules.get("total_steps") or config.train.steps
     optimizer = OptimizerConfig(**{k: tuple(map(tuple, v)) if k == "learning_rates" else v for k, v in rules.items()})
     return TrainingSetup(model, pipeline, optimizer)
+
+
+def check_train_section(train: ml_collections.ConfigDict) -> None:
+    """config.train values that would break a run, refused before anything is built."""
+    at_least = {"steps": 1, "checkpoint_every": 1, "eval_batches": 1, "accumulate_steps": 1, "eval_every": 0}
+    for name, low in at_least.items():
+        if train.get(name, low) < low:
+            raise ConfigError(f"train.{name} {train.get(name)} must be >= {low}.")
+    if train.get("keep_checkpoints", 1) < 1:
+        raise ConfigError(
+            f"train.keep_checkpoints {train.keep_checkpoints} would delete every checkpoint, the one a resumed run "
+            "started from included; keep at least 1."
+        )

@@ -4,9 +4,11 @@ Every host runs the same command; each reads its own data shard and the global b
 with `jax.make_array_from_process_local_data`. The run resumes from the latest checkpoint in
 `workdir` (state and data iterator), or starts from `train.init_from` (a Hugging Face Molmo2
 directory or another run's workdir: its parameters, with a fresh scorer where it has none) or from
-scratch. SIGTERM (TPU preemption) saves and returns with `preempted` set (the CLI then exits 143, so
-a job scheduler restarts it). Metrics go to TensorBoard event files and metrics.jsonl in `workdir`
-(local or gs://).
+scratch. A workdir holds one experiment: resuming with a config that changes it is refused
+(`checkpoint.record_experiment`), and a damaged latest checkpoint gives way to the one before it.
+SIGTERM (TPU preemption) or SIGINT (Ctrl-C) saves and returns with `preempted` set (the CLI then exits
+143, so a job scheduler restarts it). Metrics go to TensorBoard event files and metrics.jsonl in
+`workdir` (local or gs://).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     setup = training_setup(config)
     model, pipeline = setup.model, setup.pipeline
     train_cfg = config.train
+    mgr = checkpoint.manager(workdir, train_cfg.keep_checkpoints)
+    # one experiment per workdir: checked before anything is built, written by process 0
+    checkpoint.record_experiment(workdir, config, mgr.latest_step() is not None, write=jax.process_index() == 0)
     if pipeline.batch_size % train_cfg.accumulate_steps:
         raise TrainingError(
             f"data.batch_size {pipeline.batch_size} is not divisible by train.accumulate_steps "
@@ -104,7 +109,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     optimizer = make_optimizer(setup.optimizer, param_shapes(model))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
-    mgr = checkpoint.manager(workdir, train_cfg.keep_checkpoints)
     iterator = iter(dataset)
     state = checkpoint.restore(mgr, state_shape, shardings, iterator)
     if state is None:
@@ -128,10 +132,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
         return {k: float(v) for k, v in combine_metrics(stacked).items()}
 
     stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    if jax.process_index() == 0:  # what evaluate / export rebuild the model from
-        (checkpoint.workdir_path(workdir) / checkpoint.RUN_CONFIG_FILE).write_text(config.to_json(indent=2))
+    request_stop = lambda signum, _: stop.update(requested=True, by=signal.Signals(signum).name)
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}  # Ctrl-C saves too
+    writer = MetricsWriter(workdir, int(state.step), enabled=jax.process_index() == 0)
     metrics: dict = {}
     try:
         step = int(state.step)
@@ -168,9 +171,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
                 writer.write(step, result, "validation")
                 bar.write(f"step {step}: validation answer accuracy {result['answer_accuracy']:.3f}")
         bar.close()
-        metrics.update(step=step, preempted=step < train_cfg.steps)
+        metrics.update(step=step, preempted=step < train_cfg.steps, stopped_by=stop.get("by"))
     finally:
         mgr.wait_until_finished()
         writer.close()
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return metrics
