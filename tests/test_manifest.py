@@ -233,6 +233,7 @@ def test_build_command_builds_every_split_and_is_safe_to_rerun(tmp_path, videos)
     outputs = [subprocess.run(command, capture_output=True, text=True, timeout=300) for _ in range(2)]
     for run in outputs:
         assert run.returncode == 0, run.stderr[-2000:]
+        assert "TPU_WORKER_HOSTNAMES" not in run.stderr and "libtpu" not in run.stderr  # no TPU here: not started
         lines = [line for line in run.stdout.splitlines() if line.startswith(("train ", "validation "))]
         assert len(lines) == 2 and all("4 examples, 2 clips in" in line for line in lines), run.stdout
         assert "skipped 3 {'missing file': 1, 'not a video': 1, 'unreadable video': 1}" in lines[0]

@@ -15,9 +15,11 @@ import sys
 from stts_jax.convert.hf import load_molmo2, save_molmo2
 from stts_jax.convert.orbax_params import load_params, save_params
 from stts_jax.errors import CheckpointError
+from stts_jax.platforms import start_present_backends
 
 
 def main(argv: list[str] | None = None) -> int:
+    start_present_backends()
     parser = argparse.ArgumentParser(prog="python -m stts_jax.convert", description=__doc__.splitlines()[0])
     parser.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])
     parser.add_argument("--src", required=True, help="directory to read")

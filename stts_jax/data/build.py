@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from stts_jax.data.sources import split_source
 from stts_jax.errors import ConfigError, DataError
+from stts_jax.platforms import start_present_backends
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py:args)", lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -46,6 +47,7 @@ def summary_line(split: str, built, seconds: float) -> str:
 
 def main(argv) -> int:
     del argv
+    start_present_backends()
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = flags.FLAGS.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from stts_jax.export.formats import FORMATS, export
+from stts_jax.platforms import start_present_backends
 from stts_jax.train.checkpoint import restore_params
 
 FLAGS = flags.FLAGS
@@ -17,6 +18,7 @@ flags.DEFINE_string("dtype", None, "cast floating params, e.g. bfloat16 (orbax f
 
 def main(argv):
     del argv
+    start_present_backends()
     cfg, params, step = restore_params(FLAGS.workdir, FLAGS.step)
     export(cfg, params, FLAGS.out, FLAGS.format, FLAGS.dtype)
     print(f"exported step {step} of {FLAGS.workdir} as {FLAGS.format} to {FLAGS.out}")

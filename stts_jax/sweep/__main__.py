@@ -15,6 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from stts_jax.errors import ConfigError
+from stts_jax.platforms import start_present_backends
 from stts_jax.sweep.runner import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
 
 FLAGS = flags.FLAGS
@@ -28,6 +29,7 @@ flags.mark_flags_as_required(["root"])
 
 def main(argv):
     del argv
+    start_present_backends()
     absl_logging.set_verbosity(absl_logging.ERROR)
     if FLAGS.sweep:
         path, _, arg = FLAGS.sweep.partition(":")

@@ -10,6 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from stts_jax.platforms import start_present_backends
 from stts_jax.train.checkpoint import workdir_path
 from stts_jax.train.loop import train
 
@@ -26,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    start_present_backends()
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and grain log every step at INFO
     logging.getLogger("stts_jax").setLevel(logging.INFO)
     f = flags.FLAGS
