@@ -49,7 +49,8 @@ def main(argv) -> int:
     del argv
     start_present_backends()
     absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # TFDS warns with the whole builder config of every dataset it builds: the summary below says it better
+    logging.getLogger("absl").addFilter(lambda record: "Using custom data configuration" not in record.getMessage())
     config = flags.FLAGS.config
     lines = []
     try:

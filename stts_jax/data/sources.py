@@ -4,6 +4,9 @@ manifests, optionally decoded on the fly."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import jax
 import ml_collections
 import numpy as np
@@ -28,9 +31,12 @@ from stts_jax.models.variants import get_config
 
 
 def _prepare_once(build) -> None:
-    """Builds a dataset on process 0 only (one writer); the other hosts wait for it."""
+    """Builds a dataset on process 0 only (one writer); the other hosts wait for it. TFDS's own progress
+    bars and messages are left out (a manifest build shows its own progress; warnings still show)."""
     if jax.process_index() == 0:
-        build()
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):
+            build()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dataset built")
 
