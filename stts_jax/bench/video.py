@@ -3,7 +3,8 @@
 `python -m stts_jax.bench video [--videos DIR] [--long]` writes (once, into DIR) H.264 1080p30 files of
 10 minutes (and with --long one hour), a VP9 720p webm and a variable-frame-rate H.264 clip, all of a
 camera panning over a random texture, and measures, each in a fresh process pinned to one core:
-  build: decode_video of 64 frames at the model's 378 px + JPEG storage (what a build does per clip);
+  build: decode_video of 64 frames at the model's 378 px + JPEG storage (what a build does per clip; the
+    JPEG's PSNR against the decoded frames);
   stored: reading a stored clip (JPEG decode) + patchify (what a training step's input costs per video);
   on the fly: decode_video + patchify (what a training step's input costs per video without a build);
 with each one's peak resident memory. The last column is the cores a host needs for the input of the
@@ -82,6 +83,10 @@ frames, times = clock("decode", lambda: decode_video(path, 64, 2.0, size=size))
 record = clock("encode", lambda: encode_clip(frames, times, ClipSettings(image_size=size)))
 clock("stored", lambda: patchify(decode_clip(record)[0], patch))
 clock("patchify", lambda: patchify(frames, patch))
+import numpy as np
+error = decode_clip(record)[0].astype(np.float64) - frames
+timed["jpeg_mean_abs_error"] = float(np.abs(error).mean())
+timed["jpeg_psnr_db"] = float(10 * np.log10(255.0**2 / max((error**2).mean(), 1e-12)))
 # VmHWM, not ru_maxrss: the latter keeps the high-water mark of the forking process across exec
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 timed.update(frames=len(frames), clip_bytes=len(record), rss_mib=peak)
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "stored_s": stored,
                 "on_the_fly_s": on_the_fly,
                 "clip_megabytes": m["clip_bytes"] / 1e6,
+                "jpeg_mean_abs_error": m["jpeg_mean_abs_error"],
+                "jpeg_psnr_db": m["jpeg_psnr_db"],
                 "frames": m["frames"],
                 "rss_mib": m["rss_mib"],
                 "cores_stored": VIDEOS_PER_HOST_SECOND * stored,
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             ("MB", ">", report.number("megabytes", ".0f")),
             ("build s/clip", ">", report.number("build_s", ".2f")),
             ("stored MB/clip", ">", report.number("clip_megabytes", ".2f")),
+            ("JPEG PSNR dB", ">", report.number("jpeg_psnr_db", ".1f")),
             ("stored s/video", ">", report.number("stored_s", ".3f")),
             ("on-the-fly s/video", ">", report.number("on_the_fly_s", ".2f")),
             ("peak MiB", ">", report.number("rss_mib", ".0f")),
