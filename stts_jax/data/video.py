@@ -96,12 +96,14 @@ def _seek_and_take(
     """(pts, image) of the frame on screen at each target pts (sorted), decoding only from the keyframe
     before each target; targets in the group of pictures being decoded continue its decode."""
     frames: Iterator | None = None
+    goal = [0]  # the target being decoded towards (read by `_decoded` as it feeds packets)
     on_screen = ahead = None  # the last decoded frame at or before the target; the one decoded after it
     for target in targets:
+        goal[0] = target
         at = np.searchsorted(keyframes, target, side="right") - 1
         decoded = ahead or on_screen
         if frames is None or decoded is None or (at >= 0 and keyframes[at] > decoded.pts):
-            frames, on_screen, ahead = _seek(container, stream, keyframes, at, target), None, None
+            frames, on_screen, ahead = _seek(container, stream, keyframes, at, goal), None, None
         while True:
             frame, ahead = ahead or next(frames, None), None
             if frame is None:  # the end of the stream: the last frame stays on screen
@@ -117,16 +119,29 @@ def _seek_and_take(
         yield on_screen.pts, _rgb(on_screen, size)
 
 
-def _seek(container, stream, keyframes: np.ndarray, at: int, target: int) -> Iterator:
+def _decoded(container, stream, goal: list[int]) -> Iterator:
+    """Frames decoded from the container's position on. A packet shown before `goal[0]` is decoded only
+    if other frames refer to it (skip_frame NONREF): such a frame is neither the target nor needed for
+    it, and skipping it saves about half the decoding of a group of pictures with B-frames."""
+    codec = stream.codec_context
+    for packet in container.demux(stream):
+        early = packet.pts is not None and packet.pts < goal[0]
+        codec.skip_frame = "NONREF" if early else "DEFAULT"
+        for frame in codec.decode(packet if packet.size else None):
+            if frame.pts is not None:
+                yield frame
+
+
+def _seek(container, stream, keyframes: np.ndarray, at: int, goal: list[int]) -> Iterator:
     """Decoded frames from the keyframe `keyframes[at]` (or the start) on; steps back one keyframe at a
-    time while the decoder lands after `target` (open groups of pictures, coarse seeking)."""
+    time while the decoder lands after the target (open groups of pictures, coarse seeking)."""
     while True:
         container.seek(int(keyframes[at]) if at >= 0 else 0, stream=stream, backward=True, any_frame=False)
-        frames = (f for f in container.decode(stream) if f.pts is not None)
+        frames = _decoded(container, stream, goal)
         first = next(frames, None)
         if first is None:
             raise DataError("no frame could be decoded after seeking", "unreadable video")
-        if first.pts <= target or at < 0:
+        if first.pts <= goal[0] or at < 0:
             return _chain(first, frames)
         at -= 1
 
