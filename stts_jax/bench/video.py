@@ -2,7 +2,7 @@
 
 `python -m stts_jax.bench video [--videos DIR] [--long]` writes (once, into DIR) H.264 1080p30 files of
 10 minutes (and with --long one hour), a VP9 720p webm and a variable-frame-rate H.264 clip, all of a
-camera panning over a random texture, and measures, each in a fresh process pinned to one core:
+camera panning over a photograph, and measures, each in a fresh process pinned to one core:
   build: decode_video of 64 frames at the model's 378 px + JPEG storage (what a build does per clip; the
     JPEG's PSNR against the decoded frames);
   stored: reading a stored clip (JPEG decode) + patchify (what a training step's input costs per video);
@@ -36,14 +36,23 @@ FILES = {  # name -> codec, container format, (height, width), fps or None (vari
 }
 
 
+def scene(height: int, width: int) -> np.ndarray:
+    """A photograph (matplotlib's bundled sample, Grace Hopper) resized to [height, width, 3]: the
+    detail and smoothness of a real picture, for realistic compression."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
+        return np.asarray(photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+
+
 def write(path: str, codec: str, fmt: str, size: tuple[int, int], fps: int | None, seconds: int) -> None:
-    """A camera panning over a random texture (8 px cells), encoded as a camera or a site would (x264
+    """A camera panning over a photograph (`scene`), encoded as a camera or a site would (x264
     `veryfast` CRF 23, with B-frames and CABAC; VP9 realtime). fps None: frames at irregular times
     (between 1/60 and 1/10 s apart), timestamps in milliseconds."""
     h, w = size
     rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (h // 8 + 2, 2 * w // 8 + 2, 3), dtype=np.uint8)
-    texture = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)
+    texture = scene(h, 2 * w)
     options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {"deadline": "realtime", "cpu-used": "8"}
     with av.open(path, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps or 1000, options=options)
