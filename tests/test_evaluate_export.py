@@ -115,6 +115,18 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
 
+    # --dtype=bfloat16: bfloat16 tensors (the scorer's too) and config.json says so, so transformers loads bf16
+    from safetensors import safe_open
+
+    export(cfg, params, str(tmp_path / "bf16"), "hf", dtype="bfloat16")
+    for name in ("model.safetensors", "stts_scorer.safetensors"):
+        with safe_open(str(tmp_path / "bf16" / name), "np") as f:
+            names = f.keys()
+            assert {f.get_slice(k).get_dtype() for k in names} == {"BF16"}, name
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    half = transformers.Molmo2ForConditionalGeneration.from_pretrained(str(tmp_path / "bf16"), dtype="auto")
+    assert half.dtype == torch.bfloat16
+
 
 def test_orbax_export_evaluates_to_the_same_accuracy(run, tmp_path):
     workdir, config = run
@@ -139,6 +151,12 @@ def test_bad_input_is_named(run, tmp_path):
     cfg, params, _ = restore_params(workdir)
     with pytest.raises(ValueError, match="format 'onnx' is not known"):
         export(cfg, params, str(tmp_path / "x"), "onnx")
+    with pytest.raises(ValueError, match="--dtype 'int3' is not an export dtype"):
+        export(cfg, params, str(tmp_path / "x"), "hf", dtype="int3")
+    assert not (tmp_path / "x").exists()  # nothing written
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="is a file"):
+        export(cfg, params, str(tmp_path / "file"), "orbax")
     export(cfg.with_stts(method="none"), {k: v for k, v in params.items() if k != "scorer"}, str(tmp_path / "n"), "hf")
     with pytest.raises(CheckpointError, match="not empty"):
         export(cfg, params, str(tmp_path / "n"), "hf")

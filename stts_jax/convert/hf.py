@@ -299,8 +299,9 @@ def save_molmo2(cfg: Molmo2Config, params: Mapping, path: str, max_shard_bytes: 
         total = sum(v.nbytes for v in tensors.values())
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
-        json.dump(config_to_hf(cfg), f, indent=2)
+    floating = {str(v.dtype) for v in tensors.values() if jnp.issubdtype(v.dtype, jnp.floating)}
+    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:  # dtype: what from_pretrained(dtype="auto") loads
+        json.dump(config_to_hf(cfg) | ({"dtype": floating.pop()} if len(floating) == 1 else {}), f, indent=2)
 
 
 # -- transformers processor outputs -----------------------------------------------------------------------

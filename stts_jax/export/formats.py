@@ -17,6 +17,8 @@ import os
 from typing import Any
 
 import flax.traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from stts_jax.convert.hf import load_molmo2, save_molmo2
@@ -25,6 +27,7 @@ from stts_jax.errors import CheckpointError
 from stts_jax.models.config import Molmo2Config, STTSConfig
 
 FORMATS = ("hf", "orbax")
+DTYPES = ("float32", "bfloat16", "float16")  # what floating params may be exported as
 STTS_CONFIG_FILE = "stts_config.json"
 SCORER_FILE = "stts_scorer.safetensors"
 
@@ -32,6 +35,10 @@ SCORER_FILE = "stts_scorer.safetensors"
 def export(cfg: Molmo2Config, params: dict, out: str, fmt: str, dtype: str | None = None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not known; choose one of {FORMATS}.")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not an export dtype; choose one of {DTYPES} (nothing was written).")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointError(f"{out} is a file; --out must name a new or empty directory (nothing was written).")
     if os.path.exists(out) and os.listdir(out):
         raise CheckpointError(f"{out} is not empty; choose a new output directory (nothing was overwritten).")
     if fmt == "orbax":
@@ -39,6 +46,10 @@ def export(cfg: Molmo2Config, params: dict, out: str, fmt: str, dtype: str | Non
     else:
         from safetensors.numpy import save_file
 
+        if dtype is not None:  # floating params only (there are no others today; ids stay integers)
+            params = jax.tree.map(
+                lambda x: np.asarray(x).astype(jnp.dtype(dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+            )
         backbone = {k: v for k, v in params.items() if k != "scorer"}
         save_molmo2(dataclasses.replace(cfg, stts=STTSConfig()), backbone, out)
         if "scorer" in params:
