@@ -176,7 +176,7 @@ def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
     for split in ("train", "validation", "test"):
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     tokenizer_file = tmp_path / "tokenizer.json"
-    synthetic_tokenizer(["what", "colour", "is", "it", *colours]).save(str(tokenizer_file))
+    synthetic_tokenizer(["what", "colour", "is", "it", "a", "b", "c", *colours]).save(str(tokenizer_file))
 
     config = load_config_file(os.path.join(ROOT, "configs", "manifest.py"), "variant=tiny,max_frames=4")
     config.data.update(

@@ -260,7 +260,7 @@ def test_on_the_fly_examples_feed_the_pipeline_and_unusable_ones_are_counted(tmp
 
     cfg = get_config("tiny")
     live = OnTheFlySource(read_manifest(videos), ClipSettings(image_size=cfg.vision.image_size[0]))
-    tokenizer = synthetic_tokenizer(["what", "is", "it", "again", "x", "y"])
+    tokenizer = synthetic_tokenizer(["what", "is", "it", "again", "x", "y", "a", "b"])  # "a", "b": the answers
     p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=200, max_videos_per_row=1, repeat=False, shuffle=False)
     dataset, preprocess = make_dataset(live, cfg, p, tokenizer)
     frames = sorted(int((b["pixels_segment_ids"] > 0).sum()) for b in dataset)

@@ -44,3 +44,21 @@ def test_prompt_matches_molmo2_processor_layout():
     assert tokenizer.decode(answered["input_ids"][answered["targets"] == 1].tolist(), skip_special_tokens=False) == (
         "b <|im_end|>"
     )
+
+
+def test_a_tokenizer_that_cannot_spell_the_answers_is_refused():
+    """A word-level vocabulary without the option letters would turn every answer into <unk>."""
+    from stts_jax.errors import ConfigError
+
+    cfg = get_config("tiny")
+    words = ["what", "is", "it", "red", "green"]
+    for vocabulary, answer_format, message in [
+        (words, "letter", "cannot encode the answer 'B'"),
+        (words + ["a", "b"], "option", "cannot encode the answer 'blue'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            video_prompt(
+                synthetic_tokenizer(vocabulary), cfg, [0.0], 4, "what is it", ["red", "blue"], 1, answer_format
+            )
+    ok = video_prompt(synthetic_tokenizer(words + ["a", "b"]), cfg, [0.0], 4, "what is it", ["red", "blue"], 1)
+    assert ok["targets"].sum() == 2  # "b" and <|im_end|>

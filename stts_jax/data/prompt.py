@@ -16,6 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from stts_jax.data.tokenizer import token_id
+from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
 
 
@@ -39,6 +40,19 @@ def answer_text(answer: int | str, options: Sequence[str] | None, answer_format:
     return string.ascii_uppercase[answer] if answer_format == "letter" else options[answer]
 
 
+def encode_answer(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The answer's token ids; ConfigError if the tokenizer cannot encode it (it would train and score
+    `<unk>`, silently: generation and option scoring then disagree)."""
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    unk = getattr(tokenizer.model, "unk_token", None)
+    if unk is not None and tokenizer.token_to_id(unk) in ids:
+        raise ConfigError(
+            f"the tokenizer cannot encode the answer {text!r} (it becomes {unk}); use a tokenizer whose "
+            "vocabulary holds every answer (Qwen3's tokenizer.json encodes any text), or another data.answer_format."
+        )
+    return ids
+
+
 def video_prompt(
     tokenizer: Tokenizer,
     cfg: Molmo2Config,
@@ -60,7 +74,7 @@ def video_prompt(
     ids += text("\n") + [start] + text("assistant\n")
     targets = [0] * len(ids)
     if answer is not None:
-        answer_ids = text(answer_text(answer, options, answer_format)) + [end]
+        answer_ids = encode_answer(tokenizer, answer_text(answer, options, answer_format)) + [end]
         ids += answer_ids
         targets += [1] * len(answer_ids)
     return {"input_ids": np.asarray(ids, np.int32), "targets": np.asarray(targets, np.int32)}

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text
-from stts_jax.data.prompt import answer_text
+from stts_jax.data.prompt import answer_text, encode_answer
 from stts_jax.data.tokenizer import token_id
 from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
@@ -131,10 +131,7 @@ def _examples(
                 index=index,
                 family=as_text(record.get("family", "all")),
                 answer=int(record["answer"]),
-                options=[
-                    tokenizer.encode(answer_text(i, options, answer_format), add_special_tokens=False).ids
-                    for i in range(len(options))
-                ],
+                options=[encode_answer(tokenizer, answer_text(i, options, answer_format)) for i in range(len(options))],
                 input_ids=prompt["input_ids"],
                 pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
                 vision_tokens=budget.kept_windows(len(frames), windows, ratio),
