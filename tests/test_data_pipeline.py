@@ -14,6 +14,7 @@ from stts_jax.data.builders import SyntheticBuilderConfig, build_synthetic
 from stts_jax.data.pipeline import PipelineConfig, input_seq_len, make_dataset, to_model_batch
 from stts_jax.data.synthetic import COLORS, FAMILIES, QUESTION_WORDS, SyntheticConfig, generate_example
 from stts_jax.data.tokenizer import synthetic_tokenizer
+from stts_jax.errors import DataError
 from stts_jax.models import get_config
 from stts_jax.stts import budget
 from stts_jax.windows import windows_per_frame
@@ -204,3 +205,23 @@ def test_training_and_evaluation_on_a_manifest_of_mp4s(tmp_path):
     assert type(live).__name__ == "OnTheFlySource"
     results = evaluate(cfg, params, live, tokenizer, batch_size=4, progress=False)
     assert results["examples"] == 12 and results["frames_per_example"] == 4 and not results["skipped"]
+
+
+def test_a_split_without_one_usable_example_stops_with_one_error(synthetic, caplog):
+    """Every example longer than data.llm_seq_len: the repeating pipeline stops after one pass with the
+    counts, instead of skipping forever (it once printed about 100,000 warnings); warnings are capped."""
+    import logging
+    import signal
+
+    _, data_dir, tokenizer = synthetic
+    source = tfds.data_source("synthetic_video_qa/small", data_dir=data_dir, split="train")
+    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=20, max_videos_per_row=1)
+    dataset, _ = make_dataset(source, get_config("tiny"), p, tokenizer)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the pipeline kept skipping: no error after 60 s"))
+    signal.alarm(60)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(DataError, match=r"none of the 30 examples can be used"):
+            next(iter(dataset))
+    finally:
+        signal.alarm(0)
+    assert len([r for r in caplog.records if "skipping example" in r.getMessage()]) <= 21

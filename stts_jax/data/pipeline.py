@@ -25,13 +25,14 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.prompt import video_prompt
-from stts_jax.errors import ConfigError
+from stts_jax.errors import ConfigError, DataError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
 from stts_jax.vlm.model import RowLayout, VideoBatch
 from stts_jax.windows import windows_per_frame
 
 log = logging.getLogger(__name__)
+SKIP_WARNINGS = 20  # skip warnings shown one by one; then every 1000th, with the counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +82,30 @@ def input_seq_len(cfg: Molmo2Config, p: PipelineConfig) -> int:
 class Preprocess:
     """One stored example -> model features, or None (counted, logged) if it cannot be used."""
 
-    def __init__(self, model_cfg: Molmo2Config, pipeline: PipelineConfig, tokenizer: Tokenizer):
+    def __init__(
+        self, model_cfg: Molmo2Config, pipeline: PipelineConfig, tokenizer: Tokenizer, examples: int | None = None
+    ):
         self.cfg, self.p, self.tokenizer = model_cfg, pipeline, tokenizer
         self.windows = windows_per_frame(model_cfg)
         self.skipped: Counter = Counter()
+        self.examples = examples  # in the source: that many skips in a row are a whole pass without one
+        self.in_a_row = 0
 
     def _skip(self, example: dict, kind: str, message: str) -> None:
         name = example["id"].decode() if isinstance(example["id"], bytes) else example["id"]
         if self.p.strict:
             raise ValueError(f"example {name}: {message} (strict mode; strict=False skips and counts)")
-        log.warning("skipping example %s: %s", name, message)
         self.skipped[kind] += 1
+        self.in_a_row += 1
+        total = sum(self.skipped.values())
+        if total <= SKIP_WARNINGS or total % 1000 == 0:
+            log.warning("skipping example %s: %s (%d skipped so far: %s)", name, message, total, dict(self.skipped))
+        if self.examples is not None and self.in_a_row >= self.examples:
+            raise DataError(
+                f"none of the {self.examples} examples can be used (skipped: {dict(self.skipped)}; last: {message}); "
+                "check data.llm_seq_len, data.max_frames and the data itself.",
+                "no usable example",
+            )
 
     def frames(self, example: dict) -> tuple[np.ndarray, list[float]]:
         """The example's frames [T, H, W, 3] and timestamps; the `fewer_frames` baseline keeps
@@ -120,6 +134,12 @@ class Preprocess:
         )
 
     def __call__(self, example: dict) -> dict | None:
+        features = self._features(example)
+        if features is not None:
+            self.in_a_row = 0
+        return features
+
+    def _features(self, example: dict) -> dict | None:
         if "error" in example:  # a video the on-the-fly source could not use
             self._skip(example, *example["error"])
             return None
@@ -162,8 +182,8 @@ def make_dataset(
         raise ValueError("Molmo2 frames are square; vision.image_size must have equal sides.")
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
-    preprocess = Preprocess(model_cfg, pipeline, tokenizer)
     ds = grain.MapDataset.source(source)[shard_index::shard_count].seed(pipeline.seed)
+    preprocess = Preprocess(model_cfg, pipeline, tokenizer, examples=len(ds))
     if pipeline.shuffle:
         ds = ds.shuffle()
     if pipeline.repeat:
