@@ -196,3 +196,20 @@ def test_evaluate_cli_writes_json_and_markdown(run, tmp_path):
     assert (results["method"], results["prune_ratio"], results["examples"]) == ("random", 0.7, 8)
     assert results["vision_tokens_per_example"] == 36 - int(9 * 0.7 * 4)
     assert "| random k=0.7, 4 frames |" in (tmp_path / "r.md").read_text()
+
+
+def test_command_line_values_out_of_range_get_one_line(tmp_path):
+    """Checked while the flags are parsed: one line naming the flag, nothing written."""
+    import subprocess
+    import sys
+
+    cases = [
+        ["stts_jax.evaluate", f"--checkpoint={tmp_path}", "--limit=0"],
+        ["stts_jax.evaluate", f"--checkpoint={tmp_path}", "--batch_size=0"],
+        ["stts_jax.export", f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}", "--dtype=int3"],
+    ]
+    for module, *args in cases:
+        run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
+        flag = args[-1].split("=")[0]
+        assert run.returncode == 1 and f"Flags parsing error: flag {flag}=" in run.stderr, run.stderr[-1000:]
+    assert not (tmp_path / "out").exists()

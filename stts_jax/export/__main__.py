@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from stts_jax.export.formats import FORMATS, export
+from stts_jax.export.formats import DTYPES, FORMATS, export
 from stts_jax.platforms import start_present_backends
 from stts_jax.train.checkpoint import restore_params
 
@@ -13,7 +13,7 @@ flags.DEFINE_string("workdir", None, "the training run's directory")
 flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
 flags.DEFINE_enum("format", "hf", FORMATS, "hf: transformers Molmo2 directory; orbax: params-only Orbax")
 flags.DEFINE_string("out", None, "output directory (new or empty)")
-flags.DEFINE_string("dtype", None, "cast floating params, e.g. bfloat16 (orbax format)")
+flags.DEFINE_enum("dtype", None, DTYPES, "cast floating params (both formats)")
 
 
 def main(argv):
