@@ -10,6 +10,7 @@ A stream without timestamps (a raw H.264 file) is decoded sequentially, still on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -62,12 +63,17 @@ def index_frames(container: av.container.InputContainer, stream: av.video.stream
     return FrameIndex(np.asarray(times, np.float64), None, np.zeros(0, np.int64))
 
 
-def _open(path: str) -> av.container.InputContainer:
-    if "://" in path:  # gs://, s3://, http(s)://: a seekable file object from fsspec
-        import fsspec
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[av.container.InputContainer]:
+    """The container of a local path, or of gs://, s3://, http(s):// through a seekable fsspec file."""
+    if "://" not in path:
+        with av.open(path) as container:
+            yield container
+        return
+    import fsspec
 
-        return av.open(fsspec.open(path, "rb").open())
-    return av.open(path)
+    with fsspec.open(path, "rb") as file, av.open(file) as container:
+        yield container
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
