@@ -266,3 +266,15 @@ def test_on_the_fly_examples_feed_the_pipeline_and_unusable_ones_are_counted(tmp
     frames = sorted(int((b["pixels_segment_ids"] > 0).sum()) for b in dataset)
     assert frames == [4, 6, 6, 6]  # b.mp4 (2 s) and the three questions about a.mp4 (3 s)
     assert dict(preprocess.skipped) == {"unreadable video": 1, "missing file": 1, "not a video": 1}
+
+
+def test_a_split_without_its_manifest_names_the_config_field(tmp_path, videos):
+    from stts_jax.data.sources import split_source
+    from stts_jax.errors import ConfigError
+    from stts_jax.train.experiment import load_config_file
+
+    config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "manifest.py"), "variant=tiny")
+    config.data.update(train_manifest=videos, data_dir=str(tmp_path / "data"))
+    for split, field in (("validation", "eval_manifest"), ("test", "test_manifest")):
+        with pytest.raises(ConfigError, match=f"set --config.data.{field}=PATH.jsonl"):
+            split_source(config, split)

@@ -13,20 +13,18 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from stts_jax.data.sources import split_source
+from stts_jax.data.sources import MANIFEST_FIELDS, split_source
 from stts_jax.errors import ConfigError, DataError
 from stts_jax.platforms import start_present_backends
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py:args)", lock_config=True)
 flags.mark_flags_as_required(["config"])
 
-SPLITS = {"train": "train_manifest", "validation": "eval_manifest", "test": "test_manifest"}
-
 
 def splits_of(data) -> list[str]:
     """The splits a config's dataset has: those with a manifest, or the synthetic set's non-empty ones."""
     if data.dataset == "manifest_video_qa":
-        return [split for split, field in SPLITS.items() if data.get(field)]
+        return [split for split, field in MANIFEST_FIELDS.items() if data.get(field)]
     counts = {"train": data.train_examples, "validation": data.eval_examples, "test": data.test_examples}
     return [split for split, n in counts.items() if n > 0]
 

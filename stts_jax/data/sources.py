@@ -71,15 +71,18 @@ class OnTheFlySource:
 
 
 MODES = ("stored", "on_the_fly")
+MANIFEST_FIELDS = {"train": "train_manifest", "validation": "eval_manifest", "test": "test_manifest"}  # config.data
 
 
 def manifest_source(config: ml_collections.ConfigDict, split: str):
     """The `split` of a manifest dataset: built once into data.data_dir (data.mode="stored", the default)
     or decoded from the videos as it is read (data.mode="on_the_fly")."""
     data = config.data
-    manifests = {"train": data.train_manifest, "validation": data.eval_manifest, "test": data.get("test_manifest")}
-    if not manifests.get(split):
-        raise ConfigError(f"no manifest for the {split} split: set --config.data.{split}_manifest=PATH.jsonl")
+    if split not in MANIFEST_FIELDS:
+        raise ConfigError(f"split {split!r}: a manifest dataset has the splits {sorted(MANIFEST_FIELDS)}.")
+    manifests = {s: data.get(field) for s, field in MANIFEST_FIELDS.items()}
+    if not manifests[split]:
+        raise ConfigError(f"no manifest for the {split} split: set --config.data.{MANIFEST_FIELDS[split]}=PATH.jsonl")
     mode = data.get("mode", "stored")
     if mode not in MODES:
         raise ConfigError(f"data.mode {mode!r}: choose one of {MODES}.")
