@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +113,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(data_dir, refe
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_workdir_keeps_one_experiment(data_dir, reference, tmp_path):
+def test_a_workdir_keeps_one_experiment(data_dir, reference, tmp_path, caplog):
     """Resuming with a config that changes the experiment is refused, naming the fields, and writes
     nothing; more steps are allowed."""
     import shutil
@@ -126,8 +128,13 @@ def test_a_workdir_keeps_one_experiment(data_dir, reference, tmp_path):
         train(changed, str(workdir))
     assert (workdir / "config.json").read_bytes() == saved
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
-    metrics = train(load_config(data_dir, 7, 2), str(workdir))  # one more step: the same experiment
+    with caplog.at_level(logging.INFO, logger="stts_jax.train.loop"):
+        metrics = train(load_config(data_dir, 7, 2), str(workdir))  # one more step: the same experiment
     assert metrics["step"] == 7
+    # the start-of-run line: processes, devices, mesh, parameters per optimizer group, the config's hash
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run: "))
+    assert re.search(r"1 process\(es\), 1 cpu device\(s\).*mesh \{'data': 1, 'fsdp': 1, 'tensor': 1\}", line), line
+    assert re.search(r"scorer/\.\* [0-9.]+ M, vit/\.\* [0-9.]+ M.*config sha256 [0-9a-f]{12}$", line), line
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):

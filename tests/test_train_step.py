@@ -129,3 +129,22 @@ def test_unpruned_runs_combine_their_metrics_like_pruned_ones():
     combined = combine_metrics(stacked)
     assert int(combined["answer_tokens"]) == 2 * int(metrics["answer_tokens"])
     np.testing.assert_allclose(float(combined["answer_loss"]), float(metrics["answer_loss"]), rtol=1e-6)
+
+
+def test_group_sizes_count_every_parameter_once():
+    """Per-group counts against a hand count of the same tree: the first matching rule wins, frozen apart."""
+    from stts_jax.train.optimizer import group_sizes
+
+    params = {
+        "scorer": {"w": np.zeros((3, 4))},
+        "vit": {"a": np.zeros((5,)), "b": np.zeros((2, 2))},
+        "text": {"e": np.zeros((7,))},
+    }
+    cfg = OptimizerConfig(freeze=("vit/b",))
+    assert group_sizes(params, cfg) == {
+        "scorer/.*": 12,
+        "vit/.*": 5,
+        "connector/.*": 0,
+        "(text|lm_head)/.*": 7,
+        "frozen": 4,
+    }

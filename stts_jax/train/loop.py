@@ -14,6 +14,7 @@ SIGTERM (TPU preemption) or SIGINT (Ctrl-C) saves and returns with `preempted` s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import signal
 import time
@@ -32,7 +33,7 @@ from stts_jax.train import checkpoint
 from stts_jax.train.experiment import training_setup
 from stts_jax.train.loss import combine_metrics
 from stts_jax.train.metrics import MetricsWriter
-from stts_jax.train.optimizer import make_optimizer
+from stts_jax.train.optimizer import group_sizes, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from stts_jax.train.step import init_state, sharded_eval_step, sharded_init, sharded_train_step
 from stts_jax.vlm.model import param_shapes
@@ -76,6 +77,19 @@ def init_from_pretrained(state, path: str, shardings):
     return state.replace(params=flax.traverse_util.unflatten_dict(params, sep="/"))
 
 
+def run_summary(config: ml_collections.ConfigDict, mesh, shapes, optimizer_cfg) -> str:
+    """One line on what a run is: processes, devices, mesh, parameters per optimizer group, config hash."""
+    devices = jax.devices()
+    sizes = group_sizes(shapes, optimizer_cfg)
+    groups = ", ".join(f"{name} {n / 1e6:.2f} M" for name, n in sizes.items() if n)
+    digest = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+    return (
+        f"run: {jax.process_count()} process(es), {len(devices)} {devices[0].platform} device(s) "
+        f"({devices[0].device_kind}); mesh {dict(mesh.shape)}; parameters {sum(sizes.values()) / 1e6:.2f} M "
+        f"({groups}); config sha256 {digest}"
+    )
+
+
 def _global(batch_array, sharding):
     return jax.make_array_from_process_local_data(sharding, batch_array)
 
@@ -106,7 +120,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     rows = batch_sharding(mesh, pipeline.batch_size * jax.process_count())
 
     sample_video, _ = to_model_batch(next(iter(dataset)), model, pipeline.layout)  # shapes only
-    optimizer = make_optimizer(setup.optimizer, param_shapes(model))
+    shapes = param_shapes(model)
+    optimizer = make_optimizer(setup.optimizer, shapes)
+    log.info("%s", run_summary(config, mesh, shapes, setup.optimizer))
     state_shape = jax.eval_shape(lambda b: init_state(model, optimizer, b, train_cfg.seed), sample_video)
     shardings = state_shardings(state_shape, mesh)
     iterator = iter(dataset)

@@ -12,6 +12,7 @@ import dataclasses
 import re
 
 import jax
+import numpy as np
 import optax
 
 
@@ -51,6 +52,15 @@ def param_groups(params, cfg: OptimizerConfig):
         raise ValueError(f"parameter {name!r} matches no learning-rate rule {[p for p, _ in cfg.learning_rates]}")
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def group_sizes(params, cfg: OptimizerConfig) -> dict[str, int]:
+    """Parameters per group: {rule regex or "frozen": count} (params may be shapes only)."""
+    names = {str(i): pattern for i, (pattern, _lr) in enumerate(cfg.learning_rates)} | {"frozen": "frozen"}
+    sizes = dict.fromkeys(names.values(), 0)
+    for label, leaf in zip(jax.tree.leaves(param_groups(params, cfg)), jax.tree.leaves(params), strict=True):
+        sizes[names[label]] += int(np.prod(leaf.shape))
+    return sizes
 
 
 def schedule(cfg: OptimizerConfig, peak: float) -> optax.Schedule:
