@@ -178,18 +178,7 @@ class ManifestVideoQA(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, entries: list[Entry], index: dict[Clip, int]):
         for e in entries:
-            yield (
-                e.id,
-                {
-                    "id": e.id,
-                    "clip": index[e.clip],
-                    "question": e.question,
-                    "options": list(e.options),
-                    "answer": np.int32(e.answer),
-                    "answer_text": e.answer_text,
-                    "family": e.family,
-                },
-            )
+            yield e.id, e.question_fields() | {"clip": index[e.clip]}
 
 
 class ManifestSource:

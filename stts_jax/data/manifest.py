@@ -15,6 +15,7 @@ import math
 import posixpath
 from collections import Counter
 
+import numpy as np
 from etils import epath
 
 from stts_jax.errors import DataError
@@ -46,6 +47,17 @@ class Entry:
     answer: int
     answer_text: str
     family: str
+
+    def question_fields(self) -> dict:
+        """The fields of a stored or on-the-fly record that come from the line (all but the video)."""
+        return {
+            "id": self.id,
+            "question": self.question,
+            "options": list(self.options),
+            "answer": np.int32(self.answer),
+            "answer_text": self.answer_text,
+            "family": self.family,
+        }
 
 
 @dataclasses.dataclass

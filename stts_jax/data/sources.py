@@ -9,7 +9,6 @@ import io
 
 import jax
 import ml_collections
-import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 from tokenizers import Tokenizer
@@ -55,14 +54,7 @@ class OnTheFlySource:
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[int(index)]
-        record = {
-            "id": e.id,
-            "question": e.question,
-            "options": list(e.options),
-            "answer": np.int32(e.answer),
-            "answer_text": e.answer_text,
-            "family": e.family,
-        }
+        record = e.question_fields()
         try:
             record["video"], record["timestamps"] = load_clip(e.clip, self.settings)
         except DataError as error:
