@@ -15,13 +15,12 @@ import json
 import os
 import shutil
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
+from stts_jax import cli
 from stts_jax.evaluate.multiple_choice import markdown_table
 from stts_jax.experiments.replication import get_sweep
 from stts_jax.export.formats import export
-from stts_jax.platforms import start_present_backends
 from stts_jax.sweep.runner import BASE, run_name, run_sweep
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.metrics import median_step_seconds
@@ -69,8 +68,6 @@ def run_demo(workdir: str, base_steps: int, steps: int, prune_ratio: float) -> s
 
 def main(argv):
     del argv
-    start_present_backends()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS and Orbax narrate every file at INFO
     os.makedirs(FLAGS.workdir, exist_ok=True)
     table = run_demo(FLAGS.workdir, FLAGS.base_steps, FLAGS.steps, FLAGS.prune_ratio)
     print(
@@ -82,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -33,9 +33,9 @@ import sys
 
 import jax
 
+from stts_jax import cli
 from stts_jax.aot.programs import run
 from stts_jax.aot.report import failures, format_reports
-from stts_jax.errors import AOTError
 
 
 def main(argv: list[str]) -> int:
@@ -46,13 +46,9 @@ def main(argv: list[str]) -> int:
     # Describe and compile for the slice only: never initialise a local accelerator.
     jax.config.update("jax_platforms", "cpu")
     logging.getLogger("stts_jax").setLevel(logging.INFO)  # progress: each compile takes minutes
-    try:
-        setup, reports = run(
-            f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs), f.baseline_memory, f.memory
-        )
-    except AOTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    setup, reports = run(
+        f.config, f.topology, f.num_slices, f.cost, f.baseline, tuple(f.programs), f.baseline_memory, f.memory
+    )
     print(format_reports(setup, reports))
     if f.json:
         rows = [
@@ -84,7 +80,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

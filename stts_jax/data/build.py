@@ -5,17 +5,13 @@ progress bar) or reused when already built; a summary per split follows. Trainin
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
 
+from stts_jax import cli
 from stts_jax.data.sources import MANIFEST_FIELDS, split_source
-from stts_jax.errors import ConfigError, DataError
-from stts_jax.platforms import start_present_backends
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py:args)", lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -45,24 +41,16 @@ def summary_line(split: str, built, seconds: float) -> str:
 
 def main(argv) -> int:
     del argv
-    start_present_backends()
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    # TFDS warns with the whole builder config of every dataset it builds: the summary below says it better
-    logging.getLogger("absl").addFilter(lambda record: "Using custom data configuration" not in record.getMessage())
     config = flags.FLAGS.config
     lines = []
-    try:
-        for split in splits_of(config.data):
-            start = time.perf_counter()
-            built = split_source(config, split)
-            lines.append(summary_line(split, built, time.perf_counter() - start))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    for split in splits_of(config.data):
+        start = time.perf_counter()
+        built = split_source(config, split)
+        lines.append(summary_line(split, built, time.perf_counter() - start))
     print(f"{config.data.dataset} in {config.data.data_dir}:")
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from stts_jax import cli
 from stts_jax.data.sources import source
 from stts_jax.errors import ConfigError
 from stts_jax.evaluate.multiple_choice import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
-from stts_jax.platforms import start_present_backends
 from stts_jax.train.checkpoint import restore_params, run_config
 
 FLAGS = flags.FLAGS
@@ -42,7 +42,6 @@ flags.DEFINE_string("markdown", None, "write the Markdown table here")
 
 def main(argv):
     del argv
-    start_present_backends()
     path = FLAGS.checkpoint
     if not path or not os.path.isdir(path):
         raise FileNotFoundError(f"--checkpoint {path!r} is not a directory; pass a training workdir or an export.")
@@ -84,4 +83,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["checkpoint"])
-    app.run(main)
+    cli.run(main)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from stts_jax import cli
 from stts_jax.export.formats import DTYPES, FORMATS, export
-from stts_jax.platforms import start_present_backends
 from stts_jax.train.checkpoint import restore_params
 
 FLAGS = flags.FLAGS
@@ -18,7 +18,6 @@ flags.DEFINE_enum("dtype", None, DTYPES, "cast floating params (both formats)")
 
 def main(argv):
     del argv
-    start_present_backends()
     cfg, params, step = restore_params(FLAGS.workdir, FLAGS.step)
     export(cfg, params, FLAGS.out, FLAGS.format, FLAGS.dtype)
     print(f"exported step {step} of {FLAGS.workdir} as {FLAGS.format} to {FLAGS.out}")
@@ -26,4 +25,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    cli.run(main)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
+from stts_jax import cli
 from stts_jax.errors import ConfigError
-from stts_jax.platforms import start_present_backends
 from stts_jax.sweep.runner import SweepPreempted, load_sweep, parse_grid, pod_commands, run_sweep
 
 FLAGS = flags.FLAGS
@@ -29,8 +28,6 @@ flags.mark_flags_as_required(["root"])
 
 def main(argv):
     del argv
-    start_present_backends()
-    absl_logging.set_verbosity(absl_logging.ERROR)
     if FLAGS.sweep:
         path, _, arg = FLAGS.sweep.partition(":")
         sweep = load_sweep(path, arg or None)
@@ -60,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,8 +14,9 @@ import os
 import statistics
 from collections import defaultdict
 
-from absl import app, flags
+from absl import flags
 
+from stts_jax import cli
 from stts_jax.train.metrics import median_step_seconds
 
 GROUP = ("method", "prune_ratio", "layer", "frames", "steps")
@@ -211,4 +212,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["root"])
-    app.run(main)
+    cli.run(main)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import jax
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
 
-from stts_jax.platforms import start_present_backends
+from stts_jax import cli
 from stts_jax.train.checkpoint import workdir_path
 from stts_jax.train.loop import train
 
@@ -27,9 +25,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    start_present_backends()
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and grain log every step at INFO
-    logging.getLogger("stts_jax").setLevel(logging.INFO)
     f = flags.FLAGS
     if f.coordinator:
         jax.distributed.initialize(f.coordinator, num_processes=f.num_processes, process_id=f.process_id)
@@ -46,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,0 +1,48 @@
+"""What every command does around its work: start only the backends the machine has, keep the libraries'
+chatter out of the log, and answer bad input with one line (`error: ...`, exit 1) that names the problem
+and the fix. `--debug` shows the traceback instead; `--verbose` brings back Orbax's, grain's and TFDS's
+INFO logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from stts_jax.errors import AOTError, CheckpointError, ConfigError, DataError, TrainingError
+from stts_jax.platforms import start_present_backends
+
+flags.DEFINE_bool("debug", False, "show the traceback of an error instead of its one-line message")
+flags.DEFINE_bool("verbose", False, "log Orbax, grain and TFDS at INFO (off by default: they narrate every file)")
+
+# errors that a person's input causes: their message is the whole story
+INPUT_ERRORS = (AOTError, CheckpointError, ConfigError, DataError, TrainingError, OSError)
+
+
+def _quiet_libraries() -> None:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # TFDS warns with the whole builder config of every dataset it builds, twice
+    logging.getLogger("absl").addFilter(lambda record: "Using custom data configuration" not in record.getMessage())
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+    """`absl.app.run(main)` with the backends, the logging and the one-line errors above."""
+
+    def wrapped(argv: list[str]) -> None:
+        start_present_backends()
+        if not flags.FLAGS.verbose:
+            _quiet_libraries()
+        logging.getLogger("stts_jax").setLevel(logging.INFO)
+        try:
+            code = main(argv)
+        except INPUT_ERRORS as e:
+            if flags.FLAGS.debug:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code or 0)
+
+    app.run(wrapped)
