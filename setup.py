@@ -36,7 +36,7 @@ setup(
         "matplotlib>=3.8",
         "absl-py>=2.1",
         "etils[epath]>=1.7",
-        "tensorboard>=2.18",  # event files only (its pure-Python writer; no TensorFlow)
+        "tensorboardX>=2.6",  # event files (scalars, images, histograms, hparams) without TensorFlow
     ],
     extras_require={
         "hf": HF_REQUIRES,
@@ -45,6 +45,7 @@ setup(
         "test": HF_REQUIRES
         + ["pytest>=8.0", "ruff>=0.14", "hypothesis>=6.100", "jax[tpu]"]
         + ["gcsfs>=2024.6", "gcp-storage-emulator>=2024.8"]  # gs:// paths against a local GCS emulator
+        + ["tensorboard>=2.18"]  # an independent reader of the event files
         + NOTEBOOK_REQUIRES,
         "notebooks": NOTEBOOK_REQUIRES,
     },

@@ -215,6 +215,17 @@ def preflight_step(run: Run) -> Step:
     )
 
 
+FOLLOWUPS_HEADER = "# afterwards, by hand (the launcher runs none of these):"
+
+
+@dataclasses.dataclass(frozen=True)
+class Followup:
+    """A command for after the launch (follow the training, stop it): printed with the plan, never run by it."""
+
+    what: str
+    argv: tuple[str, ...]
+
+
 def describe(run: Run) -> str:
     """The header of a printed plan: what runs where."""
     acc = run.accelerator
@@ -232,6 +243,16 @@ def format_plan(steps: Sequence[Step], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_followups(followups: Sequence[Followup]) -> str:
+    """The commands for after the launch, in the plan's format, under a header that says they are not run."""
+    if not followups:
+        return ""
+    lines = ["", FOLLOWUPS_HEADER]
+    for followup in followups:
+        lines += [f"# {followup.what}", shlex.join(followup.argv)]
+    return "\n".join(lines) + "\n"
+
+
 def run_in_repo(argv: Sequence[str]) -> int:
     """Runs `argv` in the repository root, its output going to this terminal; returns the exit status."""
     return subprocess.run(argv, cwd=REPO_ROOT).returncode
@@ -244,12 +265,14 @@ def execute(
     dry_run: bool,
     run_command: Callable[[Sequence[str]], int] = run_in_repo,
     out: TextIO | None = None,
+    followups: Sequence[Followup] = (),
 ) -> None:
     """Prints the plan (dry run) or runs its steps in order with `run_command` (argv -> exit status),
-    raising StepFailed at the first that fails. `out` defaults to the sys.stdout of the call."""
+    raising StepFailed at the first that fails; then the `followups`. `out` defaults to the sys.stdout of
+    the call."""
     out = out or sys.stdout
     if dry_run:
-        out.write(format_plan(steps, f"dry run, nothing is executed. {header}"))
+        out.write(format_plan(steps, f"dry run, nothing is executed. {header}") + format_followups(followups))
         return
     out.write(f"# {header}\n")
     for number, step in enumerate(steps, 1):
@@ -258,6 +281,7 @@ def execute(
         status = run_command(step.argv)
         if status != 0:
             raise StepFailed(f"step {number} ({step.what}) exited with status {status}. {step.fix}")
+    out.write(format_followups(followups))
 
 
 def run_parser(module: str, description: str) -> argparse.ArgumentParser:
@@ -298,17 +322,19 @@ def main_with(
     build_plan: Callable[[argparse.Namespace, Run], list[Step]],
     argv: Sequence[str] | None,
     run_command: Callable[[Sequence[str]], int] = run_in_repo,
+    build_followups: Callable[[argparse.Namespace, Run], list[Followup]] | None = None,
 ) -> int:
-    """Parses `argv`, builds the plan and prints or runs it; bad input exits 2 with the parser's usage,
-    a failed step returns 1."""
+    """Parses `argv`, builds the plan (and the commands for afterwards) and prints or runs it; bad input
+    exits 2 with the parser's usage, a failed step returns 1."""
     args, extra = parser.parse_known_args(argv)
     try:
         run = make_run(args.config, args.workdir, parse_overrides(extra), args.accelerator, args.num_slices)
         steps = build_plan(args, run)
+        followups = build_followups(args, run) if build_followups else []
     except LaunchError as error:
         parser.error(str(error))
     try:
-        execute(steps, describe(run), dry_run=args.dry_run, run_command=run_command)
+        execute(steps, describe(run), dry_run=args.dry_run, run_command=run_command, followups=followups)
     except StepFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

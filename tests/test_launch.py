@@ -4,16 +4,22 @@ the launch, and bad input is refused with the fix. Nothing here calls gcloud, xp
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 from launch import tpu_vm, xpk
 from launch.commands import (
+    FOLLOWUPS_HEADER,
     REPO_ROOT,
     LaunchError,
     StepFailed,
@@ -34,17 +40,28 @@ def never_run(argv):
     raise AssertionError(f"a dry run ran {argv}")
 
 
-def dry_run(main, argv, capsys) -> list[list[str]]:
-    """The commands a dry run prints, each split back into its argv as a shell would."""
+def dry_run(main, argv, capsys) -> tuple[list[list[str]], list[list[str]]]:
+    """The commands a dry run prints, each split back into its argv as a shell would: (the plan's steps, the
+    commands it prints for afterwards)."""
     assert main([*argv, "--dry-run"], run_command=never_run) == 0
-    lines = capsys.readouterr().out.splitlines()
-    return [shlex.split(line) for line in lines if line and not line.startswith("#")]
+    plan, _, afterwards = capsys.readouterr().out.partition(FOLLOWUPS_HEADER)
+    split = lambda text: [shlex.split(line) for line in text.splitlines() if line and not line.startswith("#")]
+    return split(plan), split(afterwards)
 
 
 def remote(command: list[str]) -> list[str]:
-    """The argv of the last command a `--command=...` value runs on the workers."""
+    """The argv of the training that a `--command=...` value starts on the workers: in the background (after
+    `nohup setsid`, before its output is appended to the log), or, for xpk, after the last `&& exec`."""
     (value,) = [arg.removeprefix("--command=") for arg in command if arg.startswith("--command=")]
     words = shlex.split(value)
+    if "setsid" in words:
+        start = words.index("setsid") + 1
+        assert words[start - 2 : start] == ["nohup", "setsid"] and words[words.index(">>") :][:3] == [
+            ">>",
+            f"../{tpu_vm.LOG_FILE}",
+            "2>&1",
+        ]
+        return words[start : words.index(">>")]
     last = len(words) - words[::-1].index("&&")
     assert words[last] == "exec"
     return words[last + 1 :]
@@ -68,7 +85,7 @@ def test_train_command_round_trips_through_the_shell():
 
 
 def test_tpu_vm_dry_run_single_slice(capsys):
-    commands = dry_run(
+    commands, afterwards = dry_run(
         tpu_vm.main,
         [*TPU_VM, "--accelerator=v5p-16", "--config=configs/synthetic.py:variant=tiny,frames=8", "--create", "--spot"]
         + [GCS_DATA, "--config.stts.prune_ratio=0.3"],
@@ -77,27 +94,104 @@ def test_tpu_vm_dry_run_single_slice(capsys):
     config = "--config=configs/synthetic.py:variant=tiny,frames=8"
     aot = [sys.executable, "-m", "stts_jax.aot", config, "--topology=v5p:2x2x2", "--num_slices=1"]
     assert commands[0] == [*aot, GCS_DATA, "--config.stts.prune_ratio=0.3"]
+    qr = "gcloud compute tpus queued-resources".split()
     assert (
         commands[1]
-        == (
-            "gcloud compute tpus tpu-vm create stts-v5p --zone=us-east5-a --accelerator-type=v5p-16 "
-            "--version=v2-alpha-tpuv5 --scopes=https://www.googleapis.com/auth/cloud-platform --spot"
+        == [*qr, "create", "stts-v5p"]
+        + (
+            "--zone=us-east5-a --accelerator-type=v5p-16 --runtime-version=v2-alpha-tpuv5 --node-id=stts-v5p "
+            "--scopes=https://www.googleapis.com/auth/cloud-platform --spot"
         ).split()
     )
+    assert commands[2][:2] == ["bash", "-c"]  # polls the request until it is provisioned
+    assert f"{shlex.join([*qr, 'describe', 'stts-v5p', '--zone=us-east5-a'])} " in commands[2][2]
+    assert "ACTIVE) exit 0;; FAILED|" in commands[2][2]
     archive = f"{TMP}/stts_jax-stts-v5p.tar.gz"
-    assert commands[2] == ["git", "archive", "--format=tar.gz", f"--output={archive}", "HEAD"]
-    assert commands[3] == ["gcloud", "storage", "cp", archive, "gs://my-bucket/stts/run1/code.tar.gz"]
-    ssh = "gcloud compute tpus tpu-vm ssh stts-v5p --zone=us-east5-a --worker=all".split()
-    assert [c[: len(ssh)] for c in commands[4:]] == [ssh, ssh] and len(commands) == 6
-    setup = commands[4][-1]
+    assert commands[3] == ["git", "archive", "--format=tar.gz", f"--output={archive}", "HEAD"]
+    assert commands[4] == ["gcloud", "storage", "cp", archive, "gs://my-bucket/stts/run1/code.tar.gz"]
+    ssh = [*qr, "ssh", "stts-v5p", "--zone=us-east5-a", "--node=all", "--worker=all"]
+    assert [c[: len(ssh)] for c in commands[5:]] == [ssh, ssh] and len(commands) == 7
+    setup = commands[5][-1]
     assert "gcloud storage cp gs://my-bucket/stts/run1/code.tar.gz" in setup and "'jax[tpu]==" in setup
-    assert remote(commands[5]) == train_command(
+    assert remote(commands[6]) == train_command(
         "configs/synthetic.py:variant=tiny,frames=8",
         {"data.data_dir": "gs://my-bucket/tfds", "stts.prune_ratio": "0.3"},
         "gs://my-bucket/stts/run1",
         distributed=True,
         python="../stts_jax_venv/bin/python",
     )
+    start = commands[6][-1]
+    assert "< /dev/null & pid=$!; echo $pid > ../stts_jax_train.pid" in start  # detached, no terminal
+    follow, copy, stop = afterwards
+    ssh = [*qr, "ssh", "stts-v5p", "--zone=us-east5-a"]
+    assert follow == [*ssh, "--node=0", "--worker=0", "--command=tail -n 100 -F stts_jax_train.log"]
+    logs = 'gs://my-bucket/stts/run1/logs/"$(hostname)".log'
+    assert copy == [*ssh, "--node=all", "--worker=all", f"--command=gcloud storage cp stts_jax_train.log {logs}"]
+    assert stop == [*ssh, "--node=all", "--worker=all", '--command=kill -TERM "$(cat stts_jax_train.pid)"']
+
+
+def fake_worker(home, python_body: str) -> None:
+    """A TPU VM's home directory after the setup step: the code folder and a virtualenv whose python is a
+    shell script (`python_body`) standing in for the training."""
+    (home / tpu_vm.CODE_DIR).mkdir()
+    python = home / tpu_vm.VENV_DIR / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n" + python_body)
+    python.chmod(0o755)
+
+
+def on_worker(home, script: str) -> subprocess.CompletedProcess:
+    """`script` as `gcloud ... ssh --command` runs it on a worker: bash, in the home directory, its output
+    captured until the session's end (so the call returns only once nothing holds the session's pipes)."""
+    return subprocess.run(["bash", "-c", script], cwd=home, capture_output=True, text=True, timeout=60)
+
+
+def test_the_training_starts_detached_on_each_worker_and_stops_on_sigterm(tmp_path):
+    """The start command of the plan, run by bash in a worker's home with a stand-in training: the session
+    ends while the training runs on in its own session, its output goes to the log, a second start is refused,
+    and the stop command's SIGTERM reaches it."""
+    fake_worker(
+        tmp_path,
+        'echo "training: $*"\n'
+        "trap 'echo \"SIGTERM: checkpoint saved\"; kill $sleeper; exit 0' TERM\n"
+        "sleep 30 & sleeper=$!\n"
+        "wait $sleeper\n",
+    )
+    run = make_run("configs/synthetic.py", "gs://my-bucket/run", {"stts.prune_ratio": "0.3"}, "v5p-8")
+    started = on_worker(tmp_path, tpu_vm.train_script(run, startup_seconds=1))
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / tpu_vm.PID_FILE).read_text())
+    try:
+        assert f"training in the background (pid {pid})" in started.stdout
+        assert os.getsid(pid) == pid != os.getsid(0)  # its own session: the end of the ssh session spares it
+        argv = train_command(run.config, run.overrides, run.workdir, distributed=True, python="")[1:]
+        assert (tmp_path / tpu_vm.LOG_FILE).read_text() == f"training: {shlex.join(argv)}\n"
+
+        again = on_worker(tmp_path, tpu_vm.train_script(run, startup_seconds=1))
+        assert again.returncode == 1 and f"a training already runs here (pid {pid}); stop it first" in again.stderr
+        assert int((tmp_path / tpu_vm.PID_FILE).read_text()) == pid
+
+        assert on_worker(tmp_path, tpu_vm.stop_script()).returncode == 0
+        for _ in range(100):  # the trap runs once `wait` returns
+            if "SIGTERM: checkpoint saved" in (tmp_path / tpu_vm.LOG_FILE).read_text():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / tpu_vm.LOG_FILE).read_text().endswith("SIGTERM: checkpoint saved\n")
+    finally:  # the stand-in and its `sleep`, if a failed assertion left them running
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:  # its own group (setsid): the group is the stand-in and its `sleep`
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_training_that_fails_at_once_fails_the_launch_with_its_log(tmp_path):
+    fake_worker(tmp_path, 'echo "ConfigError: stts.prune_ratio 1.5 must be < 1"; exit 3\n')
+    run = make_run("configs/synthetic.py", "gs://my-bucket/run", {}, "v5p-8")
+    started = on_worker(tmp_path, tpu_vm.train_script(run, startup_seconds=1))
+    assert started.returncode == 3
+    assert "the training exited with status 3" in started.stderr
+    assert started.stderr.endswith("ConfigError: stts.prune_ratio 1.5 must be < 1\n")
 
 
 def test_tpu_vm_overrides_with_spaces_and_commas_survive_two_shells():
@@ -114,7 +208,7 @@ def test_tpu_vm_overrides_with_spaces_and_commas_survive_two_shells():
 
 
 def test_tpu_vm_dry_run_multislice(capsys):
-    commands = dry_run(
+    commands, afterwards = dry_run(
         tpu_vm.main,
         [*TPU_VM, "--accelerator=v5p-128", "--num_slices=2", "--config=configs/synthetic.py", "--recreate", GCS_DATA],
         capsys,
@@ -130,18 +224,20 @@ def test_tpu_vm_dry_run_multislice(capsys):
         "--scopes=https://www.googleapis.com/auth/cloud-platform",
     ]
     assert commands[3][:2] == ["bash", "-c"] and "ACTIVE) exit 0" in commands[3][2]
-    for command in commands[-2:]:
+    for command in commands[-2:] + afterwards[1:]:
         assert command[:9] == [*qr, "ssh", "stts-v5p", zone, "--node=all", "--worker=all"]
     assert remote(commands[-1])[-2:] == ["--distributed", GCS_DATA]
+    assert afterwards[0][7:9] == ["--node=0", "--worker=0"]
 
 
 def test_xpk_dry_run(capsys):
-    commands = dry_run(
+    commands, afterwards = dry_run(
         xpk.main,
         [*XPK, "--accelerator=v6e-256", "--num-slices=4", "--config=configs/synthetic.py:frames=8", GCS_DATA],
         capsys,
     )
     assert commands[0][3:6] == ["--config=configs/synthetic.py:frames=8", "--topology=v6e:16x16", "--num_slices=4"]
+    assert afterwards == []
     assert (
         commands[1][:2] == ["bash", "-c"] and f"git archive HEAD | tar -x -C {TMP}/stts_jax-stts-run1" in commands[1][2]
     )

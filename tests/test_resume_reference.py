@@ -31,7 +31,16 @@ from stts_jax.data.sources import source
 from stts_jax.train import checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TIMING = ("train/step_seconds", "train/tokens_per_second")  # wall-clock metrics, the only ones allowed to differ
+# wall-clock metrics, the only ones allowed to differ; the compile (and the model FLOPs) are logged with the
+# first step of each start of the run
+TIMING = (
+    "train/step_seconds",
+    "train/tokens_per_second",
+    "train/input_wait_seconds",
+    "train/mfu",
+    "train/compile_seconds",
+    "train/model_tflop_per_step",
+)
 
 
 def command(data_dir, workdir, steps: int, every: int, *extra: str) -> list[str]:

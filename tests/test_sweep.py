@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import subprocess
+import sys
 
+import jax
 import pytest
 from conftest import ROOT
 
@@ -33,6 +36,66 @@ def test_bad_grid_values_are_refused_before_anything_runs():
         parse_grid("stts.method")
     with pytest.raises(ConfigError, match="repeats runs"):
         plan(CONFIG, [{"train.seed": 0}, {"train.seed": 0}])
+
+
+def test_grids_that_would_lose_a_value_or_train_in_the_root_are_refused():
+    with pytest.raises(ConfigError, match="grid axis 'stts.prune_ratio' appears twice; .* stts.prune_ratio=0.3,0.5$"):
+        parse_grid("stts.prune_ratio=0.3;stts.prune_ratio=0.5")  # the product would keep only 0.5
+    for spec in (";;;", "", " ; "):  # one run with no overrides: its workdir would be the sweep root
+        with pytest.raises(ConfigError, match="has no axis"):
+            parse_grid(spec)
+    with pytest.raises(ConfigError, match="expected key=v1,v2"):
+        parse_grid("stts.method=")
+    with pytest.raises(ConfigError, match="expected key=v1,v2"):
+        parse_grid("=0.3,0.5")
+    with pytest.raises(ConfigError, match="'stts.prune_ratio=0.3,' has an empty value"):
+        parse_grid("stts.prune_ratio=0.3,")
+    assert parse_grid(";stts.prune_ratio=0.3;;train.seed=0,1;") == [  # empty axes are ignored
+        {"stts.prune_ratio": 0.3, "train.seed": 0},
+        {"stts.prune_ratio": 0.3, "train.seed": 1},
+    ]
+    with pytest.raises(ConfigError, match="a run without overrides, which would train in the sweep's root"):
+        stages([{"train.seed": 0}, {}])  # a sweep file's runs
+    with pytest.raises(ConfigError, match="no runs"):
+        stages([])
+
+
+def test_every_run_is_checked_as_training_checks_it_before_the_first_trains():
+    with pytest.raises(ConfigError, match="run train.mesh.fsdp=0: train.mesh .* every axis needs a size >= 1"):
+        plan(CONFIG, parse_grid("train.mesh.fsdp=1,0"))
+    with pytest.raises(ConfigError, match="run train.mesh.fsdp=2: mesh .* does not match the 1 devices"):
+        plan(CONFIG, parse_grid("train.mesh.fsdp=1,2"), devices=jax.devices()[:1])
+    assert len(plan(CONFIG, parse_grid("train.mesh.fsdp=1,2"))) == 2  # pod commands: the pod's devices count
+    with pytest.raises(
+        ConfigError, match="run train.mesh.fsdp=two: train.mesh.fsdp='two', but that field takes .* int"
+    ):
+        plan(CONFIG, parse_grid("train.mesh.fsdp=1,two"))
+    with pytest.raises(ConfigError, match="run train.accumulate_steps=3: data.batch_size 4 is not divisible"):
+        plan(CONFIG, parse_grid("train.accumulate_steps=1,3"))
+    with pytest.raises(ConfigError, match="run train.keep_checkpoints=0: .*would delete every checkpoint"):
+        plan(CONFIG, parse_grid("train.keep_checkpoints=1,0"))
+
+
+def test_a_bad_mesh_in_the_second_run_stops_the_sweep_command_before_the_first_trains(tmp_path):
+    """The real command, on one CPU device. Were the second run checked only when its turn came, the first
+    (one step, 8 examples) would train and leave a checkpoint under the root."""
+    root = tmp_path / "sweep"
+    grid = f"train.mesh.fsdp=1,2;train.steps=1;train.eval_every=0;data.data_dir={tmp_path / 'data'}"
+    grid += ";data.train_examples=8;data.eval_examples=4;data.test_examples=4"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stts_jax.sweep", f"--config={CONFIG}", f"--grid={grid}", f"--root={root}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "error: run train.mesh.fsdp=2," in result.stderr
+    assert "mesh data x fsdp x tensor = 1 x 2 x 1 = 2 does not match the 1 devices" in result.stderr
+    assert not [d for d, _, _ in os.walk(tmp_path) if os.path.basename(d) == "checkpoints"]
+    assert "[1/2]" not in result.stdout  # no run started
 
 
 def test_pod_commands_train_on_every_host_then_evaluate():

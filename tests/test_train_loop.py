@@ -197,10 +197,24 @@ def test_init_from_hf_checkpoint_validation_and_tensorboard(data_dir, tmp_path):
     validation = [line for line in lines if "validation/answer_accuracy" in line]
     assert [line["step"] for line in validation] == [1, 2]
     assert all(line["validation/answer_examples"] > 0 and line["validation/llm_tokens"] > 0 for line in validation)
-    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0}).Reload()
     assert {"train/loss", "train/tokens_per_second", "validation/answer_accuracy"} <= set(events.Tags()["scalars"])
     logged = [e.value for e in events.Scalars("validation/answer_loss")]
     np.testing.assert_allclose(logged, [line["validation/answer_loss"] for line in validation], rtol=1e-6)
+    # every group's learning rate, by hand: linear warm-up from 0 over warmup_steps to the group's peak
+    train_rows = [line for line in lines if "train/loss" in line]
+    warmup, peaks = config.train.optimizer.warmup_steps, dict(config.train.optimizer.learning_rates)
+    for row in train_rows:
+        assert row["train/learning_rate/scorer"] == pytest.approx(peaks["scorer/.*"] * (row["step"] - 1) / warmup)
+        assert row["train/learning_rate/text|lm_head"] == pytest.approx(
+            peaks["(text|lm_head)/.*"] * (row["step"] - 1) / warmup
+        )
+    # the compile is reported once, apart from the steps' times
+    assert "train/compile_seconds" in train_rows[0] and "train/compile_seconds" not in train_rows[1]
+    assert train_rows[0]["train/compile_seconds"] > train_rows[0]["train/step_seconds"]
+    # at each evaluation: pictures of the kept windows and the histogram of the window scores
+    assert [e.step for e in events.Images("validation/kept_windows/row0")] == [1, 2]
+    assert [e.step for e in events.Histograms("validation/window_scores")] == [1, 2]
 
     # another run's workdir (its latest checkpoint); a model without a scorer leaves the run's scorer out
     config_random = load_config(data_dir, 1, 1, stts__method="random")

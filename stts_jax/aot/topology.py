@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -26,6 +27,12 @@ CHIPS: dict[str, tuple[float, float]] = {
 _TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 
 
+def libtpu_installed() -> bool:
+    """Where jax looks for the library that describes a TPU slice: the `libtpu` package, or a file named by
+    $TPU_LIBRARY_PATH. Without either, jax says only "JAX TPU support not installed"."""
+    return importlib.util.find_spec("libtpu") is not None or os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", ""))
+
+
 def topology_devices(topology: str, num_slices: int = 1) -> list:
     """The devices of `num_slices` TPU slices of `topology` ("v5p:2x2x2", "v6e:4x4"), described by libtpu."""
     if not _TOPOLOGY.match(topology):
@@ -35,13 +42,17 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
         )
     if num_slices < 1:
         raise AOTError(f"--num_slices={num_slices} must be >= 1.")
+    if not libtpu_installed():
+        raise AOTError(
+            "libtpu is not installed, and it is what describes a TPU slice on a machine without one: "
+            "pip install 'jax[tpu]' (the libtpu built for the installed jax), or install this package with its "
+            "tpu extra: pip install -e '.[tpu]'."
+        )
     # libtpu takes a machine-wide lock meant for real chips; describing a slice needs none of them,
     # and another JAX process (a test run) may already hold it.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return list(topologies.get_topology_desc(topology, "tpu", num_slices=num_slices).devices)
-    except ImportError as e:
-        raise AOTError(f"libtpu is not installed ({e}); pip install 'jax[tpu]' (or the [test] extra).") from e
     except jax.errors.JaxRuntimeError as e:
         raise AOTError(
             f"libtpu rejected --topology={topology!r}: {str(e).splitlines()[0]}. Use a slice shape the "

@@ -20,6 +20,7 @@ import tempfile
 import jax
 import numpy as np
 
+from stts_jax.accelerators import peak_memory_bytes
 from stts_jax.bench import report
 from stts_jax.convert.hf import batch_from_hf_inputs, load_molmo2
 from stts_jax.convert.reference import random_hf_molmo2, torch_inputs, video_prompt
@@ -85,7 +86,7 @@ def measure(variant: str, frames_list: list[int], batch_size: int, repeats: int,
                     "flop_ratio_vs_unpruned": None,
                     "speedup_vs_torch": report.paired_speedup(times[PROGRAMS[2]], times[name]),
                     "packing_efficiency": None,
-                    "peak_memory_bytes": None if compiled is None else report.peak_memory_bytes(compiled),
+                    "peak_memory_bytes": None if compiled is None else peak_memory_bytes(compiled),
                     "device": report.device_name(),
                     "torch_threads": threads,
                     "torch_attention": model.config._attn_implementation,

@@ -48,16 +48,6 @@ def device_name() -> str:
     return f"{model}, {os.cpu_count()} cores (JAX CPU)"
 
 
-def peak_memory_bytes(compiled: jax.stages.Compiled) -> int | None:
-    """Arguments + outputs + XLA temporaries - donated (aliased) bytes: the buffers live at the
-    executable's peak, as XLA's buffer assignment plans them (`memory_analysis()`); None where the
-    backend gives no analysis."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return None
-    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-
-
 def flops(compiled: jax.stages.Compiled) -> float:
     """XLA's cost-analysis FLOPs (a loop body counts once: compile the layers unrolled to count)."""
     return float(compiled.cost_analysis()["flops"])

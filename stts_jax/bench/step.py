@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stts_jax.accelerators import peak_memory_bytes
 from stts_jax.bench import report, workload
 from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
@@ -120,7 +121,7 @@ def train_programs(
         programs[name] = {
             "run": run,
             "flops": train_step_flops(cfg, optimizer, state, batch, targets, compiled),
-            "peak_memory_bytes": report.peak_memory_bytes(compiled),
+            "peak_memory_bytes": peak_memory_bytes(compiled),
         }
     return programs
 
@@ -159,7 +160,7 @@ def prefill_programs(
         programs[name] = {
             "run": lambda compiled=compiled, p=params_of, b=batch: _block(compiled(p, b)),
             "flops": report.flops(compiled),
-            "peak_memory_bytes": report.peak_memory_bytes(compiled),
+            "peak_memory_bytes": peak_memory_bytes(compiled),
         }
         if not split:
             continue

@@ -20,7 +20,7 @@ import numpy as np
 
 from stts_jax.convert.hf_config import config_from_hf, config_to_hf
 from stts_jax.errors import CheckpointError, ConfigError
-from stts_jax.models.config import Molmo2Config
+from stts_jax.models.config import DTYPES, Molmo2Config
 from stts_jax.vlm.model import Molmo2, VideoBatch, param_shapes
 
 HF_CONFIG_FILE = "config.json"
@@ -213,6 +213,17 @@ def hf_to_params(cfg: Molmo2Config, tensors: Mapping[str, np.ndarray], source: s
 # -- files ------------------------------------------------------------------------------------------------
 
 
+def cast_floating(params: Any, dtype: str | None) -> Any:
+    """`params` with every floating leaf cast to `dtype` (one of DTYPES; None: unchanged), as host arrays.
+    Integer leaves stay as they are (there are none today; ids must never be rounded)."""
+    if dtype is None:
+        return params
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not an export dtype; choose one of {DTYPES} (nothing was written).")
+    cast = lambda x: np.asarray(x).astype(jnp.dtype(dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, params)
+
+
 def read_config(path: str, **runtime: Any) -> Molmo2Config:
     config_path = os.path.join(path, HF_CONFIG_FILE)
     if not os.path.isdir(path):
@@ -299,9 +310,12 @@ def save_molmo2(cfg: Molmo2Config, params: Mapping, path: str, max_shard_bytes: 
         total = sum(v.nbytes for v in tensors.values())
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    config = config_to_hf(cfg)
     floating = {str(v.dtype) for v in tensors.values() if jnp.issubdtype(v.dtype, jnp.floating)}
-    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:  # dtype: what from_pretrained(dtype="auto") loads
-        json.dump(config_to_hf(cfg) | ({"dtype": floating.pop()} if len(floating) == 1 else {}), f, indent=2)
+    if len(floating) == 1:  # what from_pretrained(dtype="auto") loads: "dtype" in transformers 5, "torch_dtype" before
+        config["dtype"] = config["torch_dtype"] = floating.pop()
+    with open(os.path.join(path, HF_CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 # -- transformers processor outputs -----------------------------------------------------------------------

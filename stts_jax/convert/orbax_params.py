@@ -7,10 +7,9 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from stts_jax.convert.hf import HF_CONFIG_FILE, read_config
+from stts_jax.convert.hf import HF_CONFIG_FILE, cast_floating, read_config
 from stts_jax.convert.hf_config import config_to_hf
 from stts_jax.errors import CheckpointError
 from stts_jax.models.config import Molmo2Config
@@ -25,8 +24,7 @@ def save_params(cfg: Molmo2Config, params: Any, path: str, dtype: str | None = N
     if os.path.exists(os.path.join(path, PARAMS_DIR)):
         raise CheckpointError(f"{path}/{PARAMS_DIR} already exists; choose an empty output directory.")
     os.makedirs(path, exist_ok=True)
-    if dtype is not None:
-        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    params = cast_floating(params, dtype)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(path, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
@@ -44,6 +42,12 @@ def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:
     checkpointer = ocp.StandardCheckpointer()
     stored = checkpointer.metadata(params_path).item_metadata.tree
     expected = param_shapes(cfg)
+    if "scorer" in stored and "scorer" not in expected:
+        raise CheckpointError(
+            f"{path} is an STTS export: it holds the STTS scorer, which a Molmo2 checkpoint has no place for. For a "
+            "Hugging Face folder with the scorer beside it, export the run: python -m stts_jax.export "
+            "--workdir=RUN --format=hf --out=DIR; to use this one, load it with stts_jax.export.formats.load_export."
+        )
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
     if shapes(stored) != shapes(expected):
         raise CheckpointError(

@@ -85,6 +85,14 @@ def patchify(frames: np.ndarray, patch: int) -> np.ndarray:
     return x.reshape(t, (h // patch) * (w // patch), patch * patch * c)
 
 
+def unpatchify(patches: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
+    """`patchify`'s inverse: [T, rows * cols, patch * patch * C] -> [T, rows * patch, cols * patch, C]."""
+    (t, _, dim), (rows, cols) = patches.shape, grid
+    c = dim // (patch * patch)
+    x = patches.reshape(t, rows, cols, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(t, rows * patch, cols * patch, c)
+
+
 def video_patches(frames: np.ndarray, image_size: int, patch_size: int) -> np.ndarray:
     """Decoded uint8 frames [T, H, W, 3] -> the ViT's input [T, patches, patch_dim] float32."""
     return normalize(patchify(resize(frames, image_size), patch_size))

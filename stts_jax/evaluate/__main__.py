@@ -12,17 +12,18 @@ directory written by `python -m stts_jax.export` (then --config gives the data).
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags
 from ml_collections import config_flags
 
 from stts_jax import cli
+from stts_jax.convert.hf import HF_CONFIG_FILE
+from stts_jax.convert.orbax_params import PARAMS_DIR
 from stts_jax.data.sources import source
-from stts_jax.errors import ConfigError
+from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.evaluate.multiple_choice import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
-from stts_jax.train.checkpoint import restore_params, run_config
+from stts_jax.train.checkpoint import RUN_CONFIG_FILE, restore_params, run_config, workdir_path
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "a training workdir or an exported directory")
@@ -39,15 +40,44 @@ flags.DEFINE_integer("batch_size", 8, "rows per forward pass", lower_bound=1)
 flags.DEFINE_string("json", None, "write the results here")
 flags.DEFINE_string("markdown", None, "write the Markdown table here")
 
+CHECKPOINTS_DIR = "checkpoints"  # where stts_jax.train.checkpoint.manager keeps a run's steps
+WHAT_TO_PASS = (
+    "pass the --workdir of a `python -m stts_jax.train` run (it holds checkpoints/) or the --out folder of "
+    "`python -m stts_jax.export` (it holds params/, or config.json and *.safetensors)"
+)
+
+
+def checkpoint_kind(path: str) -> str:
+    """What --checkpoint names: "workdir" (a training run with checkpoints/) or "export" (a folder written by
+    `stts_jax.export`, or a Hugging Face Molmo2 folder); else CheckpointError saying what it is and what to pass."""
+    folder = workdir_path(path)
+    if not folder.exists():
+        raise CheckpointError(f"--checkpoint={path} does not exist; {WHAT_TO_PASS}.")
+    if not folder.is_dir():
+        raise CheckpointError(f"--checkpoint={path} is a file, not a folder; {WHAT_TO_PASS}.")
+    if (folder / CHECKPOINTS_DIR).is_dir():
+        return "workdir"
+    if (folder / PARAMS_DIR).is_dir() or ((folder / HF_CONFIG_FILE).is_file() and any(folder.glob("*.safetensors"))):
+        return "export"
+    if (folder / RUN_CONFIG_FILE).is_file():  # the name of a run's config and of a Hugging Face config
+        raise CheckpointError(
+            f"--checkpoint={path} holds {RUN_CONFIG_FILE} but neither {CHECKPOINTS_DIR}/ nor *.safetensors: a "
+            "training run that saved no step yet (train until it saves one: every train.checkpoint_every steps, "
+            "and at the end) or an export without its weights (export again); or pass another folder."
+        )
+    raise CheckpointError(
+        f"--checkpoint={path} is neither a training workdir (no {CHECKPOINTS_DIR}/) nor an export (no "
+        f"{PARAMS_DIR}/, no {HF_CONFIG_FILE} with *.safetensors); {WHAT_TO_PASS}."
+    )
+
 
 def main(argv):
     del argv
     path = FLAGS.checkpoint
-    if not path or not os.path.isdir(path):
-        raise FileNotFoundError(f"--checkpoint {path!r} is not a directory; pass a training workdir or an export.")
+    kind = checkpoint_kind(path)
     config = FLAGS.config
     changes = {k: v for k, v in (("method", FLAGS.method), ("prune_ratio", FLAGS.prune_ratio)) if v is not None}
-    if os.path.isdir(os.path.join(path, "checkpoints")):
+    if kind == "workdir":
         config = config or run_config(path)
         cfg, params, step = restore_params(path, FLAGS.step)
         where = f"{path} step {step}"

@@ -5,21 +5,22 @@ from __future__ import annotations
 from absl import flags
 
 from stts_jax import cli
-from stts_jax.export.formats import DTYPES, FORMATS, export
-from stts_jax.train.checkpoint import restore_params
+from stts_jax.export.formats import FORMATS, export_run
+from stts_jax.models.config import DTYPES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "the training run's directory")
 flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
-flags.DEFINE_enum("format", "hf", FORMATS, "hf: transformers Molmo2 directory; orbax: params-only Orbax")
+flags.DEFINE_enum(
+    "format", "hf", FORMATS, "hf: transformers Molmo2 folder (+ tokenizer, processor, scorer); orbax: params-only Orbax"
+)
 flags.DEFINE_string("out", None, "output directory (new or empty)")
 flags.DEFINE_enum("dtype", None, DTYPES, "cast floating params (both formats)")
 
 
 def main(argv):
     del argv
-    cfg, params, step = restore_params(FLAGS.workdir, FLAGS.step)
-    export(cfg, params, FLAGS.out, FLAGS.format, FLAGS.dtype)
+    step = export_run(FLAGS.workdir, FLAGS.out, FLAGS.format, FLAGS.step, FLAGS.dtype)
     print(f"exported step {step} of {FLAGS.workdir} as {FLAGS.format} to {FLAGS.out}")
 
 

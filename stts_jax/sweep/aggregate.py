@@ -17,7 +17,8 @@ from collections import defaultdict
 from absl import flags
 
 from stts_jax import cli
-from stts_jax.train.metrics import median_step_seconds
+from stts_jax.errors import DataError
+from stts_jax.train.metrics import METRICS_FILE, median_step_seconds
 
 GROUP = ("method", "prune_ratio", "layer", "frames", "steps")
 
@@ -48,38 +49,80 @@ def lost_objects(result: dict) -> dict[str, float]:
     return row
 
 
+def read_json(path: str, fix: str) -> dict:
+    """A JSON file of a run, or DataError naming the file, what is wrong with it and `fix`."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise DataError(f"{path} is missing; {fix}.", "sweep_result") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}; a truncated copy?); {fix}.", "sweep_result") from e
+
+
+def reevaluate(path: str, root: str) -> str:
+    """How to redo a run's evaluation file: the sweep evaluates a trained run whose file is missing."""
+    return (
+        f"delete {path} and run the sweep command again (python -m stts_jax.sweep ... --root={root}): it skips "
+        "the finished runs and evaluates this one again from its last checkpoint"
+    )
+
+
+def retrain(run_dir: str) -> str:
+    """How to redo a file the training of a run writes (its config, its metrics)."""
+    return (
+        f"python -m stts_jax.train writes it: put back a copy, or delete {run_dir} and run the sweep command "
+        "again, which trains that run anew"
+    )
+
+
 def collect(root: str) -> list[dict]:
     rows = []
     for path in sorted(glob.glob(os.path.join(root, "*", "eval_test*.json"))):
         run_dir = os.path.dirname(path)
-        with open(path) as f:
-            result = json.load(f)
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = json.load(f)
-        stts = config["stts"]
-        row = {
-            "run": os.path.basename(run_dir),
-            "method": stts["method"],
-            "prune_ratio": stts["prune_ratio"] if stts["method"] != "none" else 0.0,
-            "layer": stts["layer"],
-            "seed": config["train"]["seed"],
-            "steps": training_steps(config),
-            "frames": round(result["frames_per_example"]),
-            "test_time_scaling": result["test_time_scaling"],
-            "accuracy": result["accuracy"]["generate"],
-            "likelihood_accuracy": result["accuracy"]["likelihood"],
-            "vision_tokens": result["vision_tokens_per_example"],
-            "forward_flops": result["forward_flops"],
-            "step_seconds": median_step_seconds(run_dir),
-            **{f"family/{k}": v["generate"] for k, v in result["families"].items()},
-            **{f"kept/{k}": v["kept_object_share"] for k, v in result["families"].items() if "kept_object_share" in v},
-        }
-        row.update({k: result[k] for k in ("kept_object_share",) if k in result})
-        row.update(lost_objects(result))
-        rows.append(row)
+        result = read_json(path, reevaluate(path, root))
+        config = read_json(os.path.join(run_dir, "config.json"), retrain(run_dir))
+        try:
+            step_seconds = median_step_seconds(run_dir)
+        except (OSError, ValueError) as e:  # missing, a line cut short, no step timed
+            metrics = os.path.join(run_dir, METRICS_FILE)
+            raise DataError(f"{metrics} gives no step time ({e}); {retrain(run_dir)}.", "sweep_result") from e
+        try:
+            rows.append(_row(run_dir, result, config, step_seconds))
+        except KeyError as e:
+            raise DataError(
+                f"{path} or {run_dir}/config.json lacks the field {e} (written by another version of stts_jax?); "
+                f"{reevaluate(path, root)}.",
+                "sweep_result",
+            ) from e
     if not rows:
         raise FileNotFoundError(f"no eval_test*.json under {root}/*/: run the sweep first (python -m stts_jax.sweep).")
     return rows
+
+
+def _row(run_dir: str, result: dict, config: dict, step_seconds: float) -> dict:
+    """One line of runs.csv: a run's settings and one of its evaluations."""
+    stts = config["stts"]
+    row = {
+        "run": os.path.basename(run_dir),
+        "method": stts["method"],
+        "prune_ratio": stts["prune_ratio"] if stts["method"] != "none" else 0.0,
+        "layer": stts["layer"],
+        "seed": config["train"]["seed"],
+        "steps": training_steps(config),
+        "frames": round(result["frames_per_example"]),
+        "test_time_scaling": result["test_time_scaling"],
+        "accuracy": result["accuracy"]["generate"],
+        "likelihood_accuracy": result["accuracy"]["likelihood"],
+        "vision_tokens": result["vision_tokens_per_example"],
+        "forward_flops": result["forward_flops"],
+        "step_seconds": step_seconds,
+        **{f"family/{k}": v["generate"] for k, v in result["families"].items()},
+        **{f"kept/{k}": v["kept_object_share"] for k, v in result["families"].items() if "kept_object_share" in v},
+    }
+    row.update({k: result[k] for k in ("kept_object_share",) if k in result})
+    row.update(lost_objects(result))
+    return row
 
 
 def summarize(rows: list[dict]) -> list[dict]:

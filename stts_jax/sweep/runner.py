@@ -18,16 +18,18 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
 from stts_jax.bench.flops import abstract_batch, forward_flops, prompt_length
 from stts_jax.data.sources import source
-from stts_jax.errors import ConfigError
+from stts_jax.errors import ConfigError, TrainingError
 from stts_jax.evaluate.multiple_choice import evaluate, scaled_data, scaled_frames
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.command import train_command
-from stts_jax.train.experiment import load_config_file, load_python_file, model_config, pipeline_config
+from stts_jax.train.experiment import load_config_file, load_python_file, model_config, training_setup
 from stts_jax.train.loop import train
+from stts_jax.train.sharding import MeshConfig, make_mesh
 
 SHORT = {
     "stts.method": "method",
@@ -45,14 +47,27 @@ def run_dir(root: str, name: str) -> str:
 
 
 def parse_grid(spec: str) -> list[dict[str, Any]]:
-    """ "stts.method=stts,random;stts.prune_ratio=0.3,0.5" -> the cartesian product as override dicts."""
-    axes = []
+    """ "stts.method=stts,random;stts.prune_ratio=0.3,0.5" -> the cartesian product as override dicts. Empty
+    axes (";;", a trailing ";") are ignored; a grid without axes, a repeated key, an axis without a key or
+    with an empty value is refused, naming it."""
+    axes: dict[str, list[str]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
-        key, sep, values = part.partition("=")
-        if not sep or not values:
+        key, sep, values = (text.strip() for text in part.partition("="))
+        if not sep or not key or not values:
             raise ConfigError(f"grid axis {part!r}: expected key=v1,v2,... (e.g. stts.prune_ratio=0.3,0.5)")
-        axes.append([(key.strip(), _literal(v.strip())) for v in values.split(",")])
-    return [dict(combo) for combo in itertools.product(*axes)]
+        items = [v.strip() for v in values.split(",")]
+        if "" in items:
+            raise ConfigError(f"grid axis {part!r} has an empty value; remove the extra comma.")
+        if key in axes:
+            merged = ",".join(axes[key] + items)
+            raise ConfigError(f"grid axis {key!r} appears twice; give it once with every value: {key}={merged}")
+        axes[key] = items
+    if not axes:
+        raise ConfigError(
+            f"--grid={spec!r} has no axis, which would train one run in the sweep's root; write key=v1,v2;..."
+        )
+    values = [[_literal(v) for v in items] for items in axes.values()]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*values)]
 
 
 def _literal(text: str) -> Any:
@@ -71,8 +86,7 @@ def run_name(overrides: Mapping[str, Any]) -> str:
 def apply(
     config: ml_collections.ConfigDict, overrides: Mapping[str, Any], name: str | None = None
 ) -> ml_collections.ConfigDict:
-    """A copy of `config` with the overrides set and validated (model and data), or a ConfigError
-    naming the run and the field."""
+    """A copy of `config` with the overrides set, or a ConfigError naming the run and the field."""
     name = run_name(overrides) if name is None else name
     config = copy.deepcopy(config)
     for key, value in overrides.items():
@@ -84,13 +98,32 @@ def apply(
             node = node[section]
         if field not in node:
             raise ConfigError(f"run {name}: config has no field {key!r}.")
-        node[field] = float(value) if isinstance(node[field], float) and isinstance(value, int) else value
-    try:
-        model = model_config(config)
-        pipeline_config(config, model)
-    except (ConfigError, ValueError, TypeError) as e:
-        raise ConfigError(f"run {name}: {e}") from e
+        try:
+            node[field] = float(value) if isinstance(node[field], float) and isinstance(value, int) else value
+        except TypeError as e:
+            kind = type(node[field]).__name__
+            raise ConfigError(f"run {name}: {key}={value!r}, but that field takes values of type {kind}.") from e
     return config
+
+
+def check_run(config: ml_collections.ConfigDict, name: str, devices: Sequence[jax.Device] | None = None) -> None:
+    """What `train` refuses before it builds anything, checked for one run: the training setup (model, data
+    pipeline, train section, optimizer), the batch against gradient accumulation and the mesh, laid over
+    `devices` (those this process trains on) when given. ConfigError naming the run and the field."""
+    try:
+        setup = training_setup(config)
+        if setup.pipeline.batch_size % config.train.accumulate_steps:
+            raise ConfigError(
+                f"data.batch_size {setup.pipeline.batch_size} is not divisible by train.accumulate_steps "
+                f"{config.train.accumulate_steps}; choose a divisor of the batch size."
+            )
+        mesh = MeshConfig(**config.train.mesh)
+        if min(mesh.shape) < 1:
+            raise ConfigError(f"train.mesh data x fsdp x tensor = {mesh.shape}: every axis needs a size >= 1.")
+        if devices is not None:
+            make_mesh(mesh, devices)
+    except (ConfigError, TrainingError, ValueError, TypeError) as e:
+        raise ConfigError(f"run {name}: {e}") from e
 
 
 def load_sweep(path: str, arg: str | None = None) -> dict:
@@ -114,6 +147,13 @@ def stages(
     """(name, every override) of each run in training order: the `base` run first when there is one,
     then the runs, each starting from the base run's workdir. `fixed` applies to all and stays out of
     the names."""
+    if not runs:
+        raise ConfigError("the sweep has no runs; give it at least one (a dict of config overrides).")
+    if not all(runs):
+        raise ConfigError(
+            "the sweep has a run without overrides, which would train in the sweep's root; give every run at "
+            "least one config field (a run at the config's own settings: e.g. {'train.seed': 0})."
+        )
     named = [(run_name(r), {**(fixed or {}), **r}) for r in runs]
     if base is not None:
         start = {"train.init_from": run_dir(root, BASE)}
@@ -130,10 +170,15 @@ def plan(
     fixed: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
     root: str = "",
+    devices: Sequence[jax.Device] | None = None,
 ) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(name, validated config) of every run (see `stages`). Nothing runs unless every run is valid."""
+    """(name, validated config) of every run (see `stages`; `check_run` with `devices`). Nothing runs unless
+    every run is valid."""
     config = base_config(config_arg)
-    return [(name, apply(config, overrides, name)) for name, overrides in stages(runs, fixed, base, root)]
+    planned = [(name, apply(config, overrides, name)) for name, overrides in stages(runs, fixed, base, root)]
+    for name, run_config in planned:
+        check_run(run_config, name, devices)
+    return planned
 
 
 def pod_commands(
@@ -170,7 +215,7 @@ def run_sweep(
 ) -> list[str]:
     """Trains and evaluates every run under `root` (skipping finished work; the `base` run first);
     returns the run names."""
-    runs_planned = plan(config_arg, runs, fixed, base, root)
+    runs_planned = plan(config_arg, runs, fixed, base, root, devices=jax.devices())  # the devices `train` uses
     for i, (name, config) in enumerate(runs_planned, start=1):
         workdir = run_dir(root, name)
         print(f"[{i}/{len(runs_planned)}] {name}")

@@ -35,6 +35,22 @@ def workdir_path(workdir: str) -> epath.Path:
     return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
+def prepare_workdir(workdir: str) -> epath.Path:
+    """The run directory, created if missing; ConfigError naming it if it is a file or cannot be written, so
+    that a run fails before its first step instead of at its first checkpoint. A gs:// directory is only
+    checked for being a file (its writability shows at the first write)."""
+    path = workdir_path(workdir)
+    if path.is_file():
+        raise ConfigError(f"--workdir {workdir} is a file; pass a directory (a new one, or a run's to resume it).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} cannot be created ({e}); pass a directory you can write to.") from e
+    if "://" not in workdir and not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir} is not writable; pass one you can write to, or change its permissions.")
+    return path
+
+
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         workdir_path(workdir) / "checkpoints",

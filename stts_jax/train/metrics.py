@@ -1,27 +1,32 @@
-"""Run metrics to TensorBoard event files (tensorboard's own writer, no TensorFlow) and metrics.jsonl.
+"""Run metrics to TensorBoard event files (tensorboardX's writer, no TensorFlow) and metrics.jsonl.
 
 Only process 0 writes; the others get a writer that drops everything, so callers need no branches.
-`tensorboard --logdir WORKDIR` shows the curves; `metrics.jsonl` holds the same scalars, one line per
-logged step, tagged `train/...` or `validation/...`. A resumed run first drops the rows of steps after
-the checkpoint it resumed from (they are computed again) and marks the restart in the event file, so
-TensorBoard discards those steps too: no step is ever listed twice. On a gs:// workdir (object stores
-cannot append) both files are written locally and uploaded whole every `upload_seconds` and at close.
+`tensorboard --logdir WORKDIR` shows the scalars, the evaluation pictures, the score histograms and the
+run's hyperparameters; `metrics.jsonl` holds the same scalars, one line per logged step, tagged
+`train/...` or `validation/...`. A resumed run first drops the rows of steps after the checkpoint it
+resumed from (they are computed again) and purges them from TensorBoard (`purge_step`): no step is
+ever listed twice. On a gs:// workdir (object stores cannot append) both files are written locally and
+uploaded whole every `upload_seconds` and at close.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 
+import numpy as np
 from etils import epath
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams
 
 METRICS_FILE = "metrics.jsonl"
+EVENTS_PREFIX = "events.out.tfevents"
 
 
 class MetricsWriter:
@@ -42,23 +47,52 @@ class MetricsWriter:
             f.write("".join(r + "\n" for r in kept))
         os.replace(jsonl_path + ".tmp", jsonl_path)
         self._jsonl = open(jsonl_path, "a")  # noqa: SIM115 (closed in close())
-        self._events = EventFileWriter(self.local, flush_secs=30)
-        if start_step > 0:  # TensorBoard drops what earlier files logged at this restart's step and after
-            restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._events.add_event(event_pb2.Event(wall_time=time.time(), step=start_step + 1, session_log=restart))
+        # a restart's purge_step hides what earlier event files logged from that step on; the suffix keeps a
+        # restart within the same second (the file name's time) from replacing the earlier file, and sorts after it
+        self._events = SummaryWriter(
+            self.local,
+            purge_step=start_step + 1 if start_step else None,
+            flush_secs=30,
+            filename_suffix=f".from_step_{start_step:010d}",
+        )
         if self.remote and kept != rows:
             self._upload()
 
-    def write(self, step: int, scalars: dict[str, float], prefix: str) -> None:
-        """Scalars of one step under `prefix/` (e.g. "train", "validation")."""
+    def write(self, step: int, scalars: Mapping[str, float], prefix: str) -> None:
+        """Scalars of one step under `prefix/` (e.g. "train", "validation"); NaN (unknown) is left out."""
         if not self.enabled:
             return
-        values = [summary_pb2.Summary.Value(tag=f"{prefix}/{k}", simple_value=float(v)) for k, v in scalars.items()]
-        self._events.add_event(
-            event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
-        )
-        self._jsonl.write(json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}) + "\n")
+        known = {f"{prefix}/{k}": float(v) for k, v in scalars.items() if not math.isnan(float(v))}
+        for tag, value in known.items():
+            self._events.add_scalar(tag, value, step)
+        self._jsonl.write(json.dumps({"step": step, **known}) + "\n")
         self._jsonl.flush()
+        self._maybe_upload()
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """uint8 [height, width, 3] pictures, one per tag."""
+        if not self.enabled:
+            return
+        for tag, image in images.items():
+            self._events.add_image(tag, image, step, dataformats="HWC")
+        self._maybe_upload()
+
+    def write_histograms(self, step: int, values: Mapping[str, np.ndarray]) -> None:
+        if not self.enabled:
+            return
+        for tag, array in values.items():
+            self._events.add_histogram(tag, np.asarray(array, np.float64).ravel(), step, bins="auto")
+        self._maybe_upload()
+
+    def write_hparams(self, values: Mapping[str, bool | str | float | int], metric_tags: list[str]) -> None:
+        """The run's hyperparameters, in this run's event file (TensorBoard's HPARAMS tab), with the
+        scalar tags it compares them by."""
+        if not self.enabled:
+            return
+        for summary in hparams(dict(values), dict.fromkeys(metric_tags, 0.0)):
+            self._events._get_file_writer().add_summary(summary)
+
+    def _maybe_upload(self) -> None:
         if self.remote and time.monotonic() - self.uploaded > self.upload_seconds:
             self._upload()
 
@@ -71,7 +105,7 @@ class MetricsWriter:
     def _copy_files(self) -> None:
         """Every local file, whole, to the workdir (an object is replaced in one piece)."""
         for name in os.listdir(self.local):
-            if name == METRICS_FILE or name.startswith("events.out.tfevents"):
+            if name == METRICS_FILE or name.startswith(EVENTS_PREFIX):
                 with open(os.path.join(self.local, name), "rb") as f:
                     (self.workdir / name).write_bytes(f.read())
 
@@ -86,7 +120,7 @@ class MetricsWriter:
 
 
 def median_step_seconds(run_dir: str) -> float:
-    """The median training-step time, leaving out the first steps (compilation, warm-up)."""
+    """The median training-step time, leaving out the first steps (warm-up)."""
     with open(os.path.join(run_dir, METRICS_FILE)) as f:
         times = [json.loads(line).get("train/step_seconds") for line in f]
     times = [t for t in times if t is not None]

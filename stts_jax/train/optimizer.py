@@ -73,6 +73,16 @@ def schedule(cfg: OptimizerConfig, peak: float) -> optax.Schedule:
     )
 
 
+def group_name(pattern: str) -> str:
+    """A learning-rate rule's short name for logs: "scorer/.*" -> "scorer", "(text|lm_head)/.*" -> "text|lm_head"."""
+    return pattern.removesuffix("/.*").removeprefix("(").removesuffix(")") or pattern
+
+
+def learning_rates(cfg: OptimizerConfig, updates: int) -> dict[str, float]:
+    """Every group's learning rate for the update after `updates` accepted ones: {group_name: rate}."""
+    return {group_name(pattern): float(schedule(cfg, lr)(updates)) for pattern, lr in cfg.learning_rates}
+
+
 def make_optimizer(cfg: OptimizerConfig, params) -> optax.GradientTransformation:
     """Frozen gradients zeroed first (they take no part in the clip norm), then clip, then AdamW per group."""
     labels = param_groups(params, cfg)

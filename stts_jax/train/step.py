@@ -1,4 +1,5 @@
-"""The train step: loss, gradients, AdamW update; a step with a non-finite loss or gradient is rejected."""
+"""The train step: loss, gradients, AdamW update; a step with a non-finite loss or gradient is rejected.
+Also the step's model FLOPs, counted by XLA, for MFU."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class TrainState:
-    step: Array
+    step: Array  # batches consumed, rejected ones included (the optimizer's own count follows updates)
     params: dict
     opt_state: optax.OptState
     rng: Array  # raw uint32 key data (checkpointable), see jax.random.key_data
@@ -44,8 +45,9 @@ def _train_step(
     """One update over `batch`, as `accumulate` micro-batches of its rows whose gradients are summed
     (the answer loss and the aux loss are normalised by the whole batch's target tokens and aux windows, so
     the update is the same).
-    metrics["rejected"] is 1 when the loss or the gradient norm is not finite: the state (params,
-    optimizer, step) is then returned unchanged, so a NaN never reaches a checkpoint."""
+    metrics["rejected"] is 1 when the loss or the gradient norm is not finite: params and optimizer state
+    are then returned unchanged, so a NaN never reaches a checkpoint; the step still counts the batch, so
+    the host knows the step number without waiting for the device."""
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
     normalizer = jnp.maximum(answer_target_mask(targets, batch.segment_ids).sum(), 1)
     aux_normalizer = (
@@ -77,7 +79,7 @@ def _train_step(
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = TrainState(
-        step=state.step + ok.astype(jnp.int32),
+        step=state.step + 1,
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         rng=jax.random.key_data(rng),
@@ -111,11 +113,13 @@ def sharded_train_step(
     )
 
 
-def _eval_step(cfg: Molmo2Config, params: dict, batch: VideoBatch, targets: Array, rng: Array) -> dict:
-    """Validation metrics of one batch (no update); `rng` is raw key data (random pruning draws from it)."""
+def _eval_step(cfg: Molmo2Config, params: dict, batch: VideoBatch, targets: Array, rng: Array) -> tuple[dict, dict]:
+    """Validation metrics of one batch (no update), and what the pruning chose: {"scores", "keep"}
+    [batch, frames, windows] (empty without pruning). `rng` is raw key data (random pruning draws from it)."""
     logits, out = Molmo2(cfg).apply({"params": params}, batch, rngs={"stts": jax.random.wrap_key_data(rng)})
     _, metrics = training_loss(logits, out, batch, targets, cfg.stts.effective_aux_weight)
-    return metrics
+    chosen = {"scores": out.out["stts/scores"], "keep": out.pruned.keep} if out.pruned is not None else {}
+    return metrics, chosen
 
 
 def sharded_eval_step(cfg: Molmo2Config, params_sharding, batch_sharding):
@@ -130,3 +134,15 @@ def sharded_eval_step(cfg: Molmo2Config, params_sharding, batch_sharding):
 def sharded_init(cfg: Molmo2Config, optimizer: optax.GradientTransformation, batch: VideoBatch, seed: int, shardings):
     """The initial TrainState created directly in `shardings`: nothing is materialised unsharded."""
     return jax.jit(functools.partial(init_state, cfg, optimizer, seed=seed), out_shardings=shardings)(batch)
+
+
+def model_flops(
+    cfg: Molmo2Config, optimizer: optax.GradientTransformation, state, batch: VideoBatch, targets, accumulate: int = 1
+) -> float:
+    """FLOPs of one train step over the whole global batch, as the model defines them: XLA's cost analysis of
+    the step lowered (not compiled: nothing is allocated) with the layers unrolled (a scanned body counts
+    once), attention on the XLA path (a Pallas kernel is opaque to the count) and no rematerialisation
+    (recomputation is not the model's work). Arguments may be arrays or `jax.ShapeDtypeStruct`s."""
+    twin = cfg.replace(scan_layers=False, attention_impl="xla", remat_policy="none")
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch, targets))
+    return float(train_step.lower(twin, optimizer, *shapes, accumulate=accumulate).cost_analysis()["flops"])
