@@ -11,18 +11,11 @@ import jax
 from jax.experimental import mesh_utils, topologies
 from jax.sharding import AxisType, Mesh
 
+from stts_jax.accelerators import accelerator
 from stts_jax.errors import AOTError
 from stts_jax.train.sharding import MESH_AXES, MeshConfig, make_mesh
 
 GIB = 1024**3
-
-# HBM per chip (GiB, as the TPU runtime reports its limit) and peak dense bf16 TFLOP/s, by `device_kind`.
-CHIPS: dict[str, tuple[float, float]] = {
-    "TPU v4": (32.0, 275.0),
-    "TPU v5 lite": (16.0, 197.0),  # v5e
-    "TPU v5": (95.0, 459.0),  # v5p
-    "TPU v6 lite": (32.0, 918.0),  # v6e (Trillium)
-}
 
 _TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 
@@ -63,12 +56,13 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
 
 def chip_spec(device) -> tuple[float, float]:
     """(HBM bytes, peak bf16 FLOP/s) of one chip."""
-    if device.device_kind not in CHIPS:
+    chip = accelerator(device.device_kind)
+    if chip is None:
         raise AOTError(
-            f"unknown TPU chip {device.device_kind!r}; add its HBM and peak FLOP/s to stts_jax.aot.topology.CHIPS."
+            f"unknown TPU chip {device.device_kind!r}; add its HBM and peak FLOP/s to "
+            "stts_jax.accelerators.ACCELERATORS."
         )
-    hbm_gib, tflops = CHIPS[device.device_kind]
-    return hbm_gib * GIB, tflops * 1e12
+    return chip.hbm_gib * GIB, chip.peak_bf16_tflops * 1e12
 
 
 def slice_mesh(mesh_cfg: MeshConfig, devices: list, num_slices: int) -> Mesh:
