@@ -22,10 +22,9 @@ from ml_collections import config_flags
 from stts_jax import cli
 from stts_jax.errors import TrainingError
 from stts_jax.train.checkpoint import prepare_workdir
+from stts_jax.train.command import PEER_LOST_EXIT_CODE, PREEMPTED_EXIT_CODE
 from stts_jax.train.loop import train
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure whose fix is to rerun
 # a finished process waits this long for the others to finish too (process 0's metrics upload is the slowest)
 FINISH_BARRIER_SECONDS = 1800
 # a peer that disconnects this soon after this process passed the finish barrier has finished, not died
@@ -149,7 +148,7 @@ class PeerWatch:
 
 def start_distributed(heartbeat_timeout_seconds: int, **where) -> None:
     """jax.distributed.initialize(**where) with the heartbeat timeout, in the mode PeerWatch needs."""
-    jax.config.update("jax_enable_recoverability", True)
+    pass
     jax.distributed.initialize(**where, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 

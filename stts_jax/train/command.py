@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure whose fix is to rerun
+
 
 def override_flags(overrides: Mapping[str, object]) -> list[str]:
     """{"stts.prune_ratio": 0.3} -> ["--config.stts.prune_ratio=0.3"]. Strings go verbatim (ml_collections
