@@ -92,8 +92,8 @@ def test_a_killed_process_stops_the_other_with_its_name_and_the_same_commands_re
     assert seconds < STOP_BOUND_SECONDS, f"process 0 stopped {seconds:.0f} s after process 1 was killed"
     last_line = output.strip().splitlines()[-1]
     expected = (
-        rf"error: process 1 of 2 sent no heartbeat for {HEARTBEAT_SECONDS} s: it died or hangs; process 0 stops "
-        rf"too\. {RESUMES.format(workdir=re.escape(workdir))}"
+        rf"error: process 1 of 2 is gone: it exited, or sent no heartbeat for {HEARTBEAT_SECONDS} s \(dead or hung\); "
+        rf"process 0 stops too\. {RESUMES.format(workdir=re.escape(workdir))}"
     )
     assert re.fullmatch(expected, last_line), last_line
     assert "Check failure stack trace" not in output  # not ended by the JAX runtime's abort

@@ -112,8 +112,8 @@ class PeerWatch:
             lost = f"the coordinator ({self.coordinator}) is unreachable: it died, hangs or its machine is gone"
         else:
             missing = ", ".join(str(p) for p in self.processes if p not in live)
-            lost = f"process {missing} of {len(self.processes)} sent no heartbeat for {self.timeout} s"
-            lost += ": it died or hangs"
+            lost = f"process {missing} of {len(self.processes)} is gone: it exited, or sent no heartbeat for "
+            lost += f"{self.timeout} s (dead or hung)"
         print(f"error: {lost}; process {jax.process_index()} stops too. {self.resume}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         self._end_in_order()
@@ -140,15 +140,21 @@ class PeerWatch:
         self.finished.set()
         self.thread.join()  # one query of this process at a time
         if jax.process_index() == 0:
-            while len(self.client.get_live_nodes(self.processes)) > 1:  # returns as the others disconnect
-                pass
+            others_gone = threading.Thread(target=self._await_disconnects, name="await-disconnects", daemon=True)
+            others_gone.start()
+            others_gone.join(self.timeout)  # bounded, should one hang on its way out
         else:
             jax.distributed.shutdown()
+
+    def _await_disconnects(self) -> None:
+        with contextlib.suppress(jax.errors.JaxRuntimeError):  # the service shut down after the timeout
+            while len(self.client.get_live_nodes(self.processes)) > 1:  # returns as the others disconnect
+                pass
 
 
 def start_distributed(heartbeat_timeout_seconds: int, **where) -> None:
     """jax.distributed.initialize(**where) with the heartbeat timeout, in the mode PeerWatch needs."""
-    pass
+    jax.config.update("jax_enable_recoverability", True)
     jax.distributed.initialize(**where, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
