@@ -104,11 +104,16 @@ def _global(batch_array, sharding):
     return jax.make_array_from_process_local_data(sharding, batch_array)
 
 
+def _device_batch(batch: dict, model, layout, rows):
+    """A host batch -> (VideoBatch, targets) as global arrays in the `rows` sharding."""
+    return jax.tree.map(lambda x: _global(x, rows), to_model_batch(batch, model, layout))
+
+
 def _device_batches(dataset: grain.IterDataset, model, layout, rows) -> grain.IterDataset:
     """Host batches turned into global device arrays by a background thread, `PREFETCH_BATCHES` ahead, so
     that the host prepares the next batches while the device computes. grain's prefetch keeps the
     checkpointed iterator state at the batches the loop has taken, not those in the buffer."""
-    place = lambda batch: jax.tree.map(lambda x: _global(x, rows), to_model_batch(batch, model, layout))
+    place = lambda batch: _device_batch(batch, model, layout, rows)
     return grain.experimental.ThreadPrefetchIterDataset(dataset.map(place), prefetch_buffer_size=PREFETCH_BATCHES)
 
 
@@ -235,8 +240,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
         images, histograms = {}, {}
         for i in range(train_cfg.eval_batches):
             host_batch = next(eval_iterator)
-            video, targets = to_model_batch(host_batch, model, pipeline.layout)
-            video, targets = jax.tree.map(lambda x: _global(x, rows), (video, targets))
+            video, targets = _device_batch(host_batch, model, pipeline.layout, rows)
             result, chosen = eval_fn(params, video, targets, rng)
             batches.append({k: float(v) for k, v in jax.device_get(result).items()})
             if i == 0 and chosen:
