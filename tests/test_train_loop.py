@@ -45,11 +45,11 @@ def cli(workdir, data_dir, steps, every):
     )
 
 
-def final_params(workdir):
+def final_params(workdir, step=None):
     import orbax.checkpoint as ocp
 
     mgr = checkpoint.manager(str(workdir))
-    step = mgr.latest_step()
+    step = mgr.latest_step() if step is None else step
     restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return step, restored["state"]["params"]
 
@@ -135,6 +135,16 @@ def test_a_workdir_keeps_one_experiment(data_dir, reference, tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run: "))
     assert re.search(r"1 process\(es\), 1 cpu device\(s\).*mesh \{'data': 1, 'fsdp': 1, 'tensor': 1\}", line), line
     assert re.search(r"scorer/\.\* [0-9.]+ M, vit/\.\* [0-9.]+ M.*config sha256 [0-9a-f]{12}$", line), line
+
+
+def test_preloaded_batches_are_the_runs_first_batches_repeated(data_dir, reference, tmp_path):
+    """train.preload_batches=2 (input held on the devices, for measuring the input's cost) trains on the
+    real first two batches, bitwise as the reference run did, and then repeats them."""
+    metrics = train(load_config(data_dir, 3, 2, train__preload_batches=2), str(tmp_path))
+    assert metrics["step"] == 3
+    preloaded, real = (jax.tree.leaves(final_params(run, 2)[1]) for run in (tmp_path, reference))
+    for a, b in zip(preloaded, real, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):

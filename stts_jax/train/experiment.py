@@ -96,6 +96,9 @@ def train_section(steps: int, seed: int, **changes: Any) -> ml_collections.Confi
             "accumulate_steps": 1,  # gradient accumulation: micro-batches of data.batch_size / this
             "eval_every": 500,  # validation every N steps and at the end (0: off)
             "eval_batches": 8,
+            # > 0: train on the first N batches, held on the devices and repeated: the step time without input,
+            # to set beside a run at 0 (the input pipeline's cost; `python -m stts_jax.bench data`)
+            "preload_batches": 0,
             "init_from": "",  # a Hugging Face Molmo2 directory or a run's workdir to start from (scorer kept or fresh)
             "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
             "optimizer": {
@@ -185,7 +188,14 @@ def training_setup(config: ml_collections.ConfigDict, **model_changes: Any) -> T
 
 def check_train_section(train: ml_collections.ConfigDict) -> None:
     """config.train values that would break a run, refused before anything is built."""
-    at_least = {"steps": 1, "checkpoint_every": 1, "eval_batches": 1, "accumulate_steps": 1, "eval_every": 0}
+    at_least = {
+        "steps": 1,
+        "checkpoint_every": 1,
+        "eval_batches": 1,
+        "accumulate_steps": 1,
+        "eval_every": 0,
+        "preload_batches": 0,
+    }
     for name, low in at_least.items():
         if train.get(name, low) < low:
             raise ConfigError(f"train.{name} {train.get(name)} must be >= {low}.")

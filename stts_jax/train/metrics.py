@@ -119,9 +119,14 @@ class MetricsWriter:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
+def train_series(run_dir: str, name: str) -> list[float]:
+    """Every logged value of the train metric `name` (e.g. "step_seconds") of a local run, in step order."""
+    with open(os.path.join(run_dir, METRICS_FILE)) as f:
+        values = [json.loads(line).get(f"train/{name}") for line in f if line.strip()]
+    return [v for v in values if v is not None]
+
+
 def median_step_seconds(run_dir: str) -> float:
     """The median training-step time, leaving out the first steps (warm-up)."""
-    with open(os.path.join(run_dir, METRICS_FILE)) as f:
-        times = [json.loads(line).get("train/step_seconds") for line in f]
-    times = [t for t in times if t is not None]
+    times = train_series(run_dir, "step_seconds")
     return statistics.median(times[5:] if len(times) > 10 else times)
