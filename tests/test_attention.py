@@ -88,12 +88,13 @@ def test_jax_dot_product_attention_equals_xla_with_bias_and_mask():
 
 @pytest.mark.parametrize("impl", ["xla", "splash"])
 def test_packed_frame_attention_equals_dense_segment_mask(impl):
-    """Packed ViT rows: frames of <= 49 slots laid flat across 128-slot chunks; the chunked (XLA) and
-    banded (splash) paths equal full attention under the dense same-frame mask, forward and gradient."""
+    """Packed ViT rows: frames of <= 49 real slots, each starting at a multiple of the 7-slot granule
+    (padded between frames), laid across 128-slot kernel blocks; the per-frame-window (XLA) and banded
+    (splash) paths equal full attention under the dense same-frame mask, forward and gradient."""
     from stts_jax.models.attention import attend_packed_frames
 
     rng = np.random.default_rng(2)
-    slots, frame_len = 384, 49
+    slots, frame_len, granule = 392, 49, 7
     segments = np.zeros((2, slots), np.int32)
     for row in range(2):
         start, frame = 0, 1
@@ -102,13 +103,13 @@ def test_packed_frame_attention_equals_dense_segment_mask(impl):
             if start + size > slots - 20:
                 break
             segments[row, start : start + size] = frame
-            start, frame = start + size, frame + 1
+            start, frame = start + -(-size // granule) * granule, frame + 1
     segments = jnp.asarray(segments)
     q, k, v = _qkv(rng, slots)
     real = np.asarray(segments) != 0
     dense_mask = make_attention_mask(SegmentMask.self_attention(segments, causal=False))
     reference = _value_and_grads(lambda q, k, v: attend(q, k, v, mask=dense_mask, impl="xla"), q, k, v, real)
-    packed = lambda q, k, v: attend_packed_frames(q, k, v, segments, frame_len, impl)
+    packed = lambda q, k, v: attend_packed_frames(q, k, v, segments, frame_len, granule, impl)
     _assert_same(jax.jit(lambda q, k, v: _value_and_grads(packed, q, k, v, real))(q, k, v), reference, real)
 
 

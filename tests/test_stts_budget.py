@@ -13,6 +13,9 @@ from stts_jax.stts import budget, packing, pruning
 WINDOWS = 9
 PATCHES = 20  # windows own 2-3 patches each here; only the partition matters
 PATCH_WINDOW = np.repeat(np.arange(WINDOWS), [3, 2, 2, 2, 3, 2, 2, 2, 2])
+WINDOW_IDX = np.asarray(
+    [np.pad(np.flatnonzero(w == PATCH_WINDOW), (0, 1), constant_values=-1)[:3] for w in range(WINDOWS)]
+)
 
 
 @st.composite
@@ -62,15 +65,25 @@ def test_selection_keeps_exactly_the_budget(case):
     capacity = budget.kept_capacity(frames, WINDOWS, ratio, max_videos)
     assert keep.reshape(batch, -1).sum(-1).max() <= capacity, "the static kept-window buffer never overflows"
 
-    # Packing loses no kept patch and invents none.
-    slots = packing.buffer_size(capacity, 3, PATCHES)
-    plan = packing.plan_packing(packing.patch_keep_mask(jnp.asarray(keep), PATCH_WINDOW), slots)
+    # Packing loses no kept patch and invents none; every frame starts on a granule, and the static
+    # buffer (sized for the worst alignment) holds the row.
+    layout = packing.FrameLayout.of(WINDOW_IDX, PATCHES)
+    slots = layout.slots(capacity, frames)
+    plan = packing.plan_packing(packing.patch_keep_mask(jnp.asarray(keep), PATCH_WINDOW), slots, layout.granule)
     patch_keep = np.asarray(keep)[:, :, PATCH_WINDOW].reshape(batch, -1)
     index, segment = np.asarray(plan.index), np.asarray(plan.segment_ids)
     for r in range(batch):
         real = index[r][segment[r] > 0]
         np.testing.assert_array_equal(real, np.flatnonzero(patch_keep[r]))
         np.testing.assert_array_equal(segment[r][segment[r] > 0], real // PATCHES + 1)
+        kept_per_frame = patch_keep[r].reshape(frames, PATCHES).sum(-1)
+        aligned = -(-kept_per_frame // layout.granule) * layout.granule
+        assert aligned.sum() <= slots
+        starts = np.cumsum(aligned) - aligned
+        for frame in np.flatnonzero(kept_per_frame):
+            np.testing.assert_array_equal(
+                np.flatnonzero(segment[r] == frame + 1)[[0, -1]], starts[frame] + [0, kept_per_frame[frame] - 1]
+            )
     x = jnp.asarray(np.random.default_rng(seed).normal(size=(batch, frames * PATCHES, 4)), jnp.float32)
     back = np.asarray(packing.unpack(packing.pack(x, plan), plan, frames * PATCHES))
     np.testing.assert_array_equal(back, np.where(patch_keep[..., None], np.asarray(x), 0))

@@ -47,14 +47,14 @@ def row_layout(cfg: Molmo2Config, frames: int, text_tokens: int) -> RowLayout:
 def packing_efficiency(cfg: Molmo2Config, frames: int, prune_ratio: float) -> float:
     """Kept patches / packed ViT slots for a full-length video, without running the model.
 
-    The buffer holds 9 slots per kept window; windows at a ragged border hold fewer real patches, so
-    this counts the mean real patches per window (which windows survive depends on the scores).
+    The buffer is sized for the worst case (`packing.FrameLayout.slots`: the most real patches per kept
+    window plus each frame's worst alignment waste); windows at a ragged border hold fewer real patches,
+    so this counts the mean real patches per window (which windows survive depends on the scores).
     Exact where the windows tile the grid (Molmo2's 27 x 27); `step` reports the measured value.
     """
     windows = windows_per_frame(cfg)
-    window_patches = cfg.adapter.pooling_size[0] * cfg.adapter.pooling_size[1]
     capacity = budget.kept_capacity(frames, windows, prune_ratio, 1)
-    slots = packing.buffer_size(capacity, window_patches, cfg.vision.num_patches)
+    slots = packing.FrameLayout.of(frame_windows(cfg), cfg.vision.num_patches).slots(capacity, frames)
     return budget.kept_windows(frames, windows, prune_ratio) * cfg.vision.num_patches / windows / slots
 
 

@@ -138,41 +138,42 @@ def attend_segments(query: Array, key: Array, value: Array, segments: SegmentMas
     return attend(query, key, value, mask=make_attention_mask(segments), impl=impl)
 
 
-def chunk_size(patches_per_frame: int) -> int:
-    """Attention chunk: the frame size rounded up to the 128-lane tile (729 -> 768)."""
-    return -(-patches_per_frame // 128) * 128
-
-
 def attend_packed_frames(
-    query: Array, key: Array, value: Array, segment_ids: Array, frame_len: int, impl: str
+    query: Array, key: Array, value: Array, segment_ids: Array, frame_len: int, granule: int, impl: str
 ) -> Array:
-    """Full attention within each frame of a flat packed buffer (frames contiguous, <= frame_len slots).
+    """Full attention within each frame of a packed buffer (`stts_jax.stts.packing`): frames contiguous,
+    at most `frame_len` real slots each, each starting at a multiple of `granule` (a divisor of
+    frame_len), padding slots segment 0.
 
     query / key / value: [batch, slots, heads, head_dim]; segment_ids: [batch, slots], 0 = padding.
-    XLA: chunks of C >= frame_len slots, each query chunk against its own and both neighbouring
-    chunks (slots must be a multiple of C). Splash: a static band |i - j| < frame_len and-ed with the
-    segment ids, so the kernel skips every block outside the band.
+    XLA: chunks of `granule` queries, each inside one frame, against the `frame_len` keys from the start
+    of that frame (gathered per chunk): a kept query costs frame_len keys, as in the unpruned ViT.
+    Splash: a static band |i - j| < frame_len and-ed with the segment ids, so the kernel skips every
+    block outside the band.
     """
     if impl == "splash":
         return splash_attention(query, key, value, SegmentMask.self_attention(segment_ids, causal=False), frame_len)
     b, s, h, d = query.shape
-    c = chunk_size(frame_len)
-    n = s // c
-    chunks = lambda x: x.reshape(b, n, c, *x.shape[2:])
-    neighbours = lambda x, fill: jnp.concatenate(
-        [
-            jnp.pad(x, ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)[:, :-1],
-            x,
-            jnp.pad(x, ((0, 0), (0, 1)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)[:, 1:],
-        ],
-        axis=2,
-    )
-    q_seg = chunks(segment_ids)
-    kv_seg = neighbours(q_seg, -1)
+    n = s // granule
+    q_seg = segment_ids.reshape(b, n, granule)
+    first = q_seg[:, :, 0]  # a chunk's frame: frames start on chunk boundaries, so its first slot is real
+    starts = jnp.concatenate([jnp.ones((b, 1), bool), first[:, 1:] != first[:, :-1]], axis=1)
+    frame_start = jax.lax.cummax(jnp.where(starts, jnp.arange(n) * granule, 0), axis=1)  # [b, n] slot
+    keys = (frame_start[:, :, None] + jnp.arange(frame_len)).reshape(b, n * frame_len)
+    window = lambda x, fill: jnp.take_along_axis(
+        jnp.pad(x, ((0, 0), (0, frame_len)) + ((0, 0),) * (x.ndim - 2), constant_values=fill),
+        keys.reshape(b, -1, *(1,) * (x.ndim - 2)),
+        axis=1,
+    ).reshape(b * n, frame_len, *x.shape[2:])
+    kv_seg = window(segment_ids, -1).reshape(b, n, frame_len)
     mask = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg[..., :, None] > 0)
-    k = neighbours(chunks(key), 0).reshape(b * n, 3 * c, *key.shape[2:])
-    v = neighbours(chunks(value), 0).reshape(b * n, 3 * c, *value.shape[2:])
-    out = attend(chunks(query).reshape(b * n, c, h, d), k, v, mask=mask.reshape(b * n, 1, c, 3 * c), impl=impl)
+    out = attend(
+        query.reshape(b * n, granule, h, d),
+        window(key, 0),
+        window(value, 0),
+        mask=mask.reshape(b * n, 1, granule, frame_len),
+        impl=impl,
+    )
     return out.reshape(b, s, h, d)
 
 

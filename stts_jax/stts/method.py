@@ -107,11 +107,12 @@ def encode_video_pruned(
     capacity = budget.kept_capacity(f, num_windows, s.prune_ratio, max_videos_per_row)
 
     # 4. The kept patches of all frames of a row packed into one static buffer; the later blocks run on it only.
-    slots = packing.buffer_size(capacity, window_idx.shape[1], n)
-    plan = packing.plan_packing(packing.patch_keep_mask(keep, patch_window), slots)
+    layout = packing.FrameLayout.of(window_idx, n)
+    plan = packing.plan_packing(packing.patch_keep_mask(keep, patch_window), layout.slots(capacity, f), layout.granule)
     packed = packing.pack(x.reshape(b, f * n, -1), plan)
     later = {d for d in depths if d > s.layer + 2}
-    _, packed_hidden = vit.run(packed, s.layer + 2, cfg.vit_depth, later, frame_segments=plan.segment_ids, frame_len=n)
+    segments = {"frame_segments": plan.segment_ids, "frame_len": n, "frame_granule": layout.granule}
+    _, packed_hidden = vit.run(packed, s.layer + 2, cfg.vit_depth, later, **segments)
     for d, h in packed_hidden.items():
         hidden[d] = packing.unpack(h, plan, f * n).reshape(b * f, n, -1)
 
