@@ -113,6 +113,39 @@ def test_packed_frame_attention_equals_dense_segment_mask(impl):
     _assert_same(jax.jit(lambda q, k, v: _value_and_grads(packed, q, k, v, real))(q, k, v), reference, real)
 
 
+def test_frame_blocks_list_exactly_the_block_pairs_that_share_a_frame():
+    """The splash block lists of a packed row (frames of <= 729 slots at 27-slot granules, as at Molmo2
+    sizes) visit exactly the (query block, key block) pairs holding a query and a key of one frame, none
+    twice, within the static width; at k = 0 (whole frames) that is about 7.7 blocks per query block,
+    where the |i - j| < 729 band visits 13."""
+    from stts_jax.models.attention import frame_blocks, splash_block_pairs
+
+    rng = np.random.default_rng(4)
+    for kept in (lambda: 729, lambda: int(rng.integers(1, 82)) * 9):
+        segments, start, frame = np.zeros(128 * 96, np.int32), 0, 1
+        while start + 729 <= len(segments):
+            size = kept()
+            segments[start : start + size] = frame
+            start, frame = start + -(-size // 27) * 27, frame + 1
+        data_next, block_mask = (np.asarray(x)[0] for x in frame_blocks(jnp.asarray(segments), 729))
+        assert data_next.shape[1] == 13
+        visited = {(i, int(j)) for i, j in zip(*np.nonzero(block_mask), strict=True)}
+        visited = {(i, int(data_next[i, j])) for i, j in visited}
+        assert sum(int(m > 0) for m in block_mask.ravel()) == len(visited)  # no pair twice
+        blocks = segments.reshape(-1, 128)
+        expected = {
+            (i, j)
+            for i in range(len(blocks))
+            for j in range(len(blocks))
+            if np.intersect1d(blocks[i][blocks[i] > 0], blocks[j][blocks[j] > 0]).size
+        }
+        padding_only = {(i, i) for i in range(len(blocks)) if not (blocks[i] > 0).any()}
+        assert visited == expected | padding_only
+    whole = np.repeat(np.arange(1, 17), 729)
+    pairs = int((np.asarray(frame_blocks(jnp.asarray(np.pad(whole, (0, 128 * 92 - len(whole)))), 729)[1]) > 0).sum())
+    assert pairs / 92 < 8 < 12 < splash_block_pairs(128 * 92, "full", 729) / 92
+
+
 def test_score_bias_rescales_per_frame_and_spares_first_frames():
     from stts_jax.models.config import STTSConfig
     from stts_jax.stts.scorer import score_bias
