@@ -45,6 +45,17 @@ def mfu(flops: float, seconds: float, devices: int, device_kind: str) -> float:
     return flops / seconds / (devices * found.peak_bf16_tflops * 1e12)
 
 
+def describe_peak(device_kind: str) -> str:
+    """The peak an MFU of `device_kind` is held against and its source, or why there is none: a report's line."""
+    found = accelerator(device_kind)
+    if found is None:
+        return (
+            f"no peak FLOP/s listed for device kind {device_kind!r}, so no MFU "
+            "(a chip's dense bf16 peak goes in stts_jax.accelerators.ACCELERATORS)"
+        )
+    return f"{device_kind}: {found.peak_bf16_tflops:g} dense bf16 TFLOP/s per device ({found.source})"
+
+
 def peak_memory_bytes(compiled: jax.stages.Compiled) -> int | None:
     """Arguments + outputs + XLA temporaries - donated (aliased) bytes: the buffers live at the
     executable's peak, as XLA's buffer assignment plans them (`memory_analysis()`), per device; None where

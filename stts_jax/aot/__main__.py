@@ -8,9 +8,9 @@ libtpu (the `jax[tpu]` extra) describes the slice (`jax.experimental.topologies`
 is laid over its chips, and the real train step (`sharded_train_step`) and a prefill step (the
 forward over the whole prompt into a KV cache, and the next-token logits) are lowered on abstract
 sharded inputs and compiled by the TPU compiler, attention on the Pallas splash kernels. Printed
-per chip: argument / output / temporary / peak memory against the chip's HBM, FLOPs and the
-estimated step time; then the same for k = 0 (`stts.method=none` on the same batches) and the
-predicted speed-up. Exit status 1, with the reason, if a configured program does not fit in HBM or
+per chip: argument / output / temporary / peak memory against the chip's HBM, FLOPs, model FLOPs,
+the estimated step time and the MFU it implies; then the same for k = 0 (`stts.method=none` on the
+same batches) and the predicted speed-up. Exit status 1, with the reason, if a configured program does not fit in HBM or
 cannot be sharded as configured.
 
 How the figures are made (XLA's cost analysis has two blind spots, both handled here):
@@ -22,6 +22,10 @@ How the figures are made (XLA's cost analysis has two blind spots, both handled 
 - XLA cannot see inside a Mosaic kernel. Step time = XLA's TPU cost model (`optimal_seconds`) for
   every other op + the splash kernels' FLOPs at the chip's peak bf16 rate (head_dim padded to the
   128-wide MXU), counted from the blocks each kernel's static mask lets it compute.
+- Those are the FLOPs the compiled program executes, remat recomputation included. MFU divides the
+  model FLOPs instead, the step's work as the model defines it (`train.step.model_flops`: layers
+  unrolled, dense XLA attention, no remat; the prefill's forward likewise), by chips x the chip's
+  peak (`stts_jax.accelerators`) x the estimated step time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 
 import jax
@@ -52,7 +57,9 @@ def main(argv: list[str]) -> int:
     print(format_reports(setup, reports))
     if f.json:
         rows = [
-            dataclasses.asdict(r) | {"resident_bytes": r.resident_bytes, "fits": r.fits, "step_seconds": r.step_seconds}
+            dataclasses.asdict(r)
+            | {"resident_bytes": r.resident_bytes, "fits": r.fits, "step_seconds": r.step_seconds}
+            | {"mfu": None if math.isnan(r.mfu) else r.mfu}
             for r in reports
         ]
         with open(f.json, "w") as out:

@@ -9,8 +9,13 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-from stts_jax.models.attention import splash_block_pairs
+import jax.numpy as jnp
+import numpy as np
+
+from stts_jax.models.attention import frame_blocks, splash_block_pairs
 from stts_jax.models.config import Molmo2Config
+from stts_jax.stts.packing import FrameLayout
+from stts_jax.windows import frame_windows
 
 # Matmuls per computed (query block, key block) pair of the splash kernels: forward S = QK^T, O = PV;
 # dq kernel S, dP = dO V^T, dQ = dS K; dkv kernel S, dV = P^T dO, dP, dK = dS^T Q.
@@ -80,6 +85,20 @@ class Cost:
         return Cost(*(a * factor for a in dataclasses.astuple(self)))
 
 
+def packed_vit_block_pairs(length: int, model: Molmo2Config) -> int:
+    """(query block, key block) pairs the splash kernel computes over a packed ViT buffer of `length` slots,
+    estimated for frames that each keep the mean share 1 - k of their patches, aligned as the packing
+    aligns them (the real count follows the scores: `frame_blocks` of the row)."""
+    n = model.vision.num_patches
+    layout = FrameLayout.of(frame_windows(model), n)
+    kept = max(layout.unit, round((1 - model.stts.prune_ratio) * n / layout.unit) * layout.unit)
+    stride = -(-kept // layout.granule) * layout.granule
+    segments = np.zeros(length, np.int32)
+    for frame, start in enumerate(range(0, length - kept + 1, stride)):
+        segments[start : start + kept] = frame + 1
+    return int((np.asarray(frame_blocks(jnp.asarray(segments), n)[1]) > 0).sum())
+
+
 def program_cost(compiled, model: Molmo2Config, peak_flops: float) -> Cost:
     """XLA's cost analysis of `compiled`, plus the splash kernels it cannot see."""
     text = compiled.as_text()
@@ -95,8 +114,13 @@ def program_cost(compiled, model: Molmo2Config, peak_flops: float) -> Cost:
         if kind is None or len(call.shape) < 3:
             continue
         *lead, length, head_dim = call.shape
-        mask = ("causal", 0) if call.site == "llm" else ("full", model.vision.num_patches)
-        pairs = splash_block_pairs(length, *mask)
+        frame = model.vision.num_patches
+        if call.site == "llm":
+            pairs = splash_block_pairs(length, "causal")
+        elif model.stts.prunes and length > -(-frame // 128) * 128:  # a packed buffer, not one frame
+            pairs = packed_vit_block_pairs(length, model)
+        else:
+            pairs = splash_block_pairs(length, "full", frame)
         call_flops = count * math.prod(lead) * pairs * _MXU_WIDTH**2 * head_dim * 2 * _SPLASH_MATMULS[kind]
         kernel_flops += call_flops
         kernel_seconds += call_flops * math.ceil(head_dim / _MXU_WIDTH) * _MXU_WIDTH / head_dim / peak_flops

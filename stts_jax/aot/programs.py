@@ -1,5 +1,5 @@
 """The programs a run compiles for the slice (the train step and a prefill), built from the experiment config
-as the training loop builds them, and `run`, which compiles them and k = 0 beside them."""
+as the training loop builds them, their model FLOPs, and `run`, which compiles them and k = 0 beside them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stts_jax.accelerators import accelerator
 from stts_jax.aot.cost import extrapolated_cost, mosaic_calls, program_cost
 from stts_jax.aot.report import Report
 from stts_jax.aot.topology import GIB, chip_spec, slice_mesh, topology_devices
-from stts_jax.bench.flops import abstract_batch
+from stts_jax.bench.flops import abstract_batch, program_model_flops
 from stts_jax.data.pipeline import input_seq_len
 from stts_jax.errors import AOTError, ConfigError
 from stts_jax.models.config import Molmo2Config
@@ -25,7 +26,7 @@ from stts_jax.models.llm import init_cache
 from stts_jax.train.experiment import training_setup
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, param_shardings, state_shardings
-from stts_jax.train.step import init_state, sharded_train_step
+from stts_jax.train.step import init_state, model_flops, sharded_train_step
 from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, last_token, param_shapes
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,27 @@ def train_build(w: Workload, mesh: Mesh, rows: int, accumulate: int) -> Callable
     return build
 
 
+def _report(program: str, w: Workload, mesh: Mesh, chip: tuple[float, float]) -> Report:
+    return Report(
+        program,
+        w.model.stts.method,
+        w.prune_ratio,
+        w.llm_tokens,
+        chip[0],
+        chips=mesh.devices.size,
+        device_kind=mesh.devices.flat[0].device_kind,
+    )
+
+
+def train_model_flops(w: Workload) -> float:
+    """The train step's model FLOPs (`train.step.model_flops`) over the whole global batch: accumulating it in
+    micro-batches changes how the step runs, not what the model computes."""
+    batch, targets = _batch(w, w.model, w.rows)
+    optimizer = make_optimizer(w.optimizer, param_shapes(w.model))
+    state = jax.eval_shape(lambda b: init_state(w.model, optimizer, b, 0), batch)
+    return model_flops(w.model, optimizer, state, batch, targets)
+
+
 def train_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str, memory: bool = True) -> Report:
     """`sharded_train_step` for `w` on `mesh`. Its accumulated micro-batches run in a loop, which XLA
     also counts once: the cost compiles take one micro-batch per step and are scaled by their number
@@ -171,11 +193,39 @@ def train_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str, 
     if w.rows % w.accumulate:
         raise AOTError(f"global batch {w.rows} is not divisible by train.accumulate_steps {w.accumulate}.")
     build = train_build(w, mesh, w.rows, w.accumulate)
-    report = Report("train", w.model.stts.method, w.prune_ratio, w.llm_tokens, chip[0])
+    report = _report("train", w, mesh, chip)
     if w.accumulate == 1:
-        return measure(report, build, w.model, chip, cost, memory=memory)
-    micro_batch = train_build(w, mesh, w.rows // w.accumulate, 1)
-    return measure(report, build, w.model, chip, cost, cost_build=micro_batch, repeat=w.accumulate, memory=memory)
+        measure(report, build, w.model, chip, cost, memory=memory)
+    else:
+        micro_batch = train_build(w, mesh, w.rows // w.accumulate, 1)
+        measure(report, build, w.model, chip, cost, cost_build=micro_batch, repeat=w.accumulate, memory=memory)
+    if not report.error:
+        report.model_flops = train_model_flops(w)
+    return report
+
+
+def prefill_fn(cfg: Molmo2Config, rows: int, llm_tokens: int) -> Callable:
+    """(params, batch) -> (logits of each row's last token [rows, vocab], KV cache [.., llm_tokens, ..]):
+    the forward over the whole prompt."""
+    model = Molmo2(cfg)
+
+    def prefill(params, batch: VideoBatch):
+        cache = init_cache(cfg, rows, llm_tokens)
+        _, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+        last = last_token(forward.tokens.segment_ids)
+        hidden = jnp.take_along_axis(forward.hidden, last[:, None, None], axis=1)
+        # the full-sequence logits are unused, so XLA drops them: only the last token's are computed
+        logits = model.apply({"params": params}, hidden, method=lambda m, h: m.lm_head(h))
+        return logits[:, 0], forward.cache
+
+    return prefill
+
+
+def prefill_model_flops(w: Workload) -> float:
+    """The prefill's model FLOPs over the global batch, counted as the train step's (`program_model_flops`)."""
+    batch, _ = _batch(w, w.model, w.rows)
+    make_prefill = lambda cfg: prefill_fn(cfg, w.rows, w.llm_tokens)
+    return program_model_flops(make_prefill, w.model, param_shapes(w.model), batch)
 
 
 def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str, memory: bool = True) -> Report:
@@ -183,25 +233,16 @@ def prefill_report(w: Workload, mesh: Mesh, chip: tuple[float, float], cost: str
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
     def build(cfg: Molmo2Config):
-        model = Molmo2(cfg)
         batch, _ = _batch(w, cfg, w.rows)
         params = param_shapes(cfg)
-
-        def prefill(params, batch):
-            cache = init_cache(cfg, w.rows, w.llm_tokens)
-            _, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
-            last = last_token(forward.tokens.segment_ids)
-            hidden = jnp.take_along_axis(forward.hidden, last[:, None, None], axis=1)
-            # the full-sequence logits are unused, so XLA drops them: only the last token's are computed
-            logits = model.apply({"params": params}, hidden, method=lambda m, h: m.lm_head(h))
-            return logits[:, 0], forward.cache
-
         shardings = param_shardings(params, mesh)
-        fn = jax.jit(prefill, in_shardings=(shardings, rows))
+        fn = jax.jit(prefill_fn(cfg, w.rows, w.llm_tokens), in_shardings=(shardings, rows))
         return _compile(fn, mesh, _abstract(params, shardings), _abstract(batch, rows))
 
-    report = Report("prefill", w.model.stts.method, w.prune_ratio, w.llm_tokens, chip[0])
-    return measure(report, build, w.model, chip, cost, memory=memory)
+    report = measure(_report("prefill", w, mesh, chip), build, w.model, chip, cost, memory=memory)
+    if not report.error:
+        report.model_flops = prefill_model_flops(w)
+    return report
 
 
 PROGRAMS = {"train": train_report, "prefill": prefill_report}
@@ -239,6 +280,7 @@ def run(
         "device_kind": devices[0].device_kind,
         "hbm_gib_per_chip": chip[0] / GIB,
         "peak_bf16_tflops": chip[1] / 1e12,
+        "peak_source": accelerator(devices[0].device_kind).source,
         "mesh": dict(mesh.shape),
         "rows": w.rows,
         "frames_per_row": w.frames,

@@ -1,10 +1,11 @@
-"""The AOT report of one program (memory against HBM, FLOPs, time), its table and what makes a run fail."""
+"""The AOT report of one program (memory against HBM, FLOPs, time, MFU), its table and what makes a run fail."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+from stts_jax.accelerators import describe_peak, mfu
 from stts_jax.aot.topology import GIB
 
 # The paper's measured speed-ups at k = 0.5 on 8 H100 (STTS.md section 8): frames -> (train, inference).
@@ -13,7 +14,8 @@ PAPER_SPEEDUP = {64: (1.62, 1.61), 256: (2.25, 2.22)}
 
 @dataclasses.dataclass
 class Report:
-    """One compiled program on one chip of the slice (bytes, FLOPs, seconds are per chip)."""
+    """One compiled program on one chip of the slice (bytes, FLOPs, seconds are per chip; `model_flops` is
+    the whole step's)."""
 
     program: str  # "train" | "prefill"
     method: str
@@ -34,6 +36,19 @@ class Report:
     compile_seconds: float = 0.0
     error: str = ""  # why it did not compile (e.g. the compiler's out-of-memory message)
     memory_measured: bool = True  # False: only the cost compiles ran (--nobaseline_memory for k = 0)
+    # The step's work as the model defines it, over all chips: no remat recomputation, dense XLA attention
+    # (`programs.model_flops`); `flops` is what one chip's compiled program executes, recomputation included.
+    model_flops: float = float("nan")
+    chips: int = 1
+    device_kind: str = ""  # its peak FLOP/s: stts_jax.accelerators
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs over the chips' peak in the estimated step time; NaN where that time counts each
+        layer stack once (--cost=scan)."""
+        if self.cost_source != "extrapolate":
+            return float("nan")
+        return mfu(self.model_flops, self.step_seconds, self.chips, self.device_kind)
 
     @property
     def resident_bytes(self) -> int:
@@ -63,14 +78,15 @@ def format_reports(setup: dict, reports: list[Report]) -> str:
         f"slice {setup['topology']} x {setup['num_slices']}: {setup['chips']} chips of {setup['device_kind']} "
         f"({setup['hbm_gib_per_chip']:.0f} GiB HBM, {setup['peak_bf16_tflops']:.0f} bf16 TFLOP/s each), "
         f"{setup['hosts']} hosts; mesh {mesh}",
+        f"peak for MFU: {describe_peak(setup['device_kind'])}",
         f"step: {setup['rows']} rows x {setup['frames_per_row']} frame slots (up to {setup['videos_per_row']} videos), "
         f"{setup['input_tokens']} input tokens "
         f"per row -> {setup['llm_tokens']} LLM tokens; accumulate {setup['accumulate_steps']}, remat "
         f"{setup['remat_policy']}, {setup['dtype']} compute; splash attention",
         "",
         f"{'program':<8} {'method':<6} {'k':>4} {'LLM tok':>7} {'args':>6} {'out':>6} {'temp':>6} {'peak':>6} "
-        f"{'HBM':>5} {'margin':>7} {'TFLOP':>8} {'kernel':>6} {'XLA s':>7} {'attn s':>7} {'step s':>7} "
-        f"{'compile':>7}  fits",
+        f"{'HBM':>5} {'margin':>7} {'TFLOP':>8} {'kernel':>6} {'model':>8} {'XLA s':>7} {'attn s':>7} "
+        f"{'step s':>7} {'MFU':>6} {'compile':>7}  fits",
     ]
     for r in reports:
         head = f"{r.program:<8} {r.method:<6} {r.prune_ratio:>4} {r.llm_tokens:>7}"
@@ -85,19 +101,25 @@ def format_reports(setup: dict, reports: list[Report]) -> str:
         else:
             memory = f"{'-':>6} {'-':>6} {'-':>6} {'-':>6} {_gib(r.hbm_bytes):>5} {'-':>7}"
         verdict = "(cost only)" if not r.memory_measured else "yes" if r.fits else "NO"
+        utilisation = "-" if math.isnan(r.mfu) else f"{r.mfu:.1%}"
         lines.append(
-            f"{head} {memory} {r.flops / 1e12:>8.1f} {r.kernel_flops / r.flops:>6.1%} {r.xla_seconds:>7.3f} "
-            f"{r.kernel_seconds:>7.3f} {r.step_seconds:>7.3f} {r.compile_seconds:>6.0f}s  {verdict}"
+            f"{head} {memory} {r.flops / 1e12:>8.1f} {r.kernel_flops / r.flops:>6.1%} "
+            f"{r.model_flops / r.chips / 1e12:>8.1f} {r.xla_seconds:>7.3f} {r.kernel_seconds:>7.3f} "
+            f"{r.step_seconds:>7.3f} {utilisation:>6} {r.compile_seconds:>6.0f}s  {verdict}"
         )
     lines.append(
-        "per chip: memory in GiB (peak = max(XLA peak, args + out - aliased + temp)); TFLOP of the step, "
-        "'kernel' the splash kernels' share; step s = XLA s (TPU cost model, all other ops) + attn s (kernels "
-        "at peak bf16)"
+        "per chip: memory in GiB (peak = max(XLA peak, args + out - aliased + temp)); TFLOP the compiled step "
+        "executes (remat recomputation included), 'kernel' the splash kernels' share; model = the step's model "
+        "TFLOP / chips (no recomputation, dense attention); step s = XLA s (TPU cost model, all other ops) + "
+        "attn s (kernels at peak bf16); MFU = model TFLOP / (peak x step s)"
     )
     if any(math.isnan(r.xla_seconds) for r in reports if not r.error):
         lines.append("XLA's cost model priced an unknown op at -1 s: that program's time is unknown (nan).")
     if any(r.cost_source == "scan" for r in reports):
-        lines.append("--cost=scan: FLOPs and times count each scanned layer stack ONCE, not the step's totals.")
+        lines.append(
+            "--cost=scan: FLOPs and times count each scanned layer stack ONCE, not the step's totals (model "
+            "TFLOP do count every layer): no MFU."
+        )
     for program, paper_index in (("train", 0), ("prefill", 1)):
         pair = [r for r in reports if r.program == program and not r.error]
         pruned = [r for r in pair if r.prune_ratio > 0]

@@ -11,6 +11,7 @@ the executable. "bound" is the speed-up the FLOP ratio allows.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import jax
 
@@ -26,9 +27,16 @@ from stts_jax.bench.workload import (
 from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts.scorer import Scorer
+from stts_jax.train.step import flops_twin, lowered_flops
 from stts_jax.vlm.model import Molmo2, VideoBatch
 
-__all__ = ["abstract_batch", "forward_flops", "prompt_length", "rows", "scorer_flops"]
+__all__ = ["abstract_batch", "forward_flops", "program_model_flops", "prompt_length", "rows", "scorer_flops"]
+
+
+def program_model_flops(make_program: Callable[[Molmo2Config], Callable], cfg: Molmo2Config, *args) -> float:
+    """Model FLOPs of the program `make_program(cfg)` on `args`, counted as `train.step.model_flops` counts
+    the train step's (the `flops_twin` of `cfg`, lowered; jit drops outputs no one reads)."""
+    return lowered_flops(jax.jit(make_program(flops_twin(cfg))), *args)
 
 
 def forward_flops(cfg: Molmo2Config, batch: VideoBatch) -> float:

@@ -8,6 +8,7 @@ row did not compile) is None.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+
+from stts_jax.accelerators import accelerator, describe_peak, mfu
 
 FIELDS = (
     "setup",
@@ -51,6 +54,33 @@ def device_name() -> str:
 def flops(compiled: jax.stages.Compiled) -> float:
     """XLA's cost-analysis FLOPs (a loop body counts once: compile the layers unrolled to count)."""
     return float(compiled.cost_analysis()["flops"])
+
+
+def executable_devices(compiled: jax.stages.Compiled) -> list:
+    """The devices `compiled` runs on (its first argument's sharding says)."""
+    return sorted(jax.tree.leaves(compiled.input_shardings)[0].device_set, key=lambda d: d.id)
+
+
+def throughput(flops: float, seconds: float, devices: int, device_kind: str) -> dict:
+    """A timed row's fields: model TFLOP/s achieved by its `devices` together and MFU, the FLOP/s over the
+    devices' peak (`stts_jax.accelerators`); the peak and MFU are None where `device_kind` has no peak
+    listed (a CPU)."""
+    found = accelerator(device_kind)
+    utilisation = mfu(flops, seconds, devices, device_kind)
+    return {
+        "devices": devices,
+        "device_kind": device_kind,
+        "achieved_tflops": flops / seconds / 1e12,
+        "mfu": None if math.isnan(utilisation) else utilisation,
+        "peak_tflops_per_device": found.peak_bf16_tflops if found else None,
+        "peak_source": found.source if found else None,
+    }
+
+
+def peak_lines(rows: Sequence[dict]) -> list[str]:
+    """What the MFU of `rows` (with `throughput`'s fields) is held against, one line per device kind."""
+    kinds = dict.fromkeys(r["device_kind"] for r in rows)
+    return [f"peak for MFU (model FLOPs / s / (devices x peak)): {describe_peak(kind)}" for kind in kinds]
 
 
 def interleaved_times(runs: Mapping[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -94,6 +124,11 @@ def print_table(rows: list[dict], columns: Sequence[tuple[str, str, Callable[[di
     print(line([h for h, _, _ in columns]))
     for c in cells:
         print(line(c))
+
+
+def percent(key: str) -> Callable[[dict], str]:
+    """Formatter of a fraction; 'n/a' where the row has none (an MFU without a known peak)."""
+    return lambda r: "n/a" if r.get(key) is None else f"{r[key]:.1%}"
 
 
 def number(key: str, spec: str, scale: float = 1.0) -> Callable[[dict], str]:

@@ -11,12 +11,18 @@ per-round ratios. Modes:
 - train: `stts_jax.train.step.train_step` (loss, gradients, AdamW update), by default with the
   layers scanned and each block rematerialised (`--remat full`, as the large-scale configs train;
   XLA:CPU honours remat only inside a scan, and without it its buffers for 64 frames of `small`
-  exceed 20 GB). The FLOPs of a scanned step come from its twin compiled with the layers unrolled,
-  since XLA's cost analysis counts a loop body once; `--no-scan` times the unrolled step itself.
+  exceed 20 GB); `--no-scan` times the unrolled step.
 - prefill: the forward pass that fills the KV cache and gives the next-token logits, layers
-  unrolled (the timed executable is the counted one). It also times its two halves apart (unless
-  `--no-split`): the vision side, i.e. the ViT with STTS, connector and compaction
-  (`Molmo2.prepare`), and the LLM on the compacted sequence (`Molmo2.llm`); and the STTS scorer alone.
+  unrolled. It also times its two halves apart (unless `--no-split`): the vision side, i.e. the ViT
+  with STTS, connector and compaction (`Molmo2.prepare`), and the LLM on the compacted sequence
+  (`Molmo2.llm`); and the STTS scorer alone (their FLOPs: XLA's count of the timed executables).
+
+`flops` are model FLOPs, whatever the timed program recomputes or hides from XLA's count: for train,
+`train.step.model_flops` (the step lowered with layers unrolled, XLA attention and no remat: a remat
+step executes more, a scanned body counts once, a cuDNN kernel not at all); for prefill, the same
+count of the forward (`bench.flops.program_model_flops`). `achieved_tflops` = flops /
+`seconds_per_step`, by the devices the program runs on (one); `mfu` divides that by their peak from
+`stts_jax.accelerators` (None where none is listed, as on a CPU: "n/a" in the table).
 
 All configs share one set of weights; the packing efficiency is measured on the batch (real
 patches / packed ViT slots); peak memory is `report.peak_memory_bytes` of the timed executable.
@@ -33,12 +39,13 @@ import numpy as np
 
 from stts_jax.accelerators import peak_memory_bytes
 from stts_jax.bench import report, workload
+from stts_jax.bench.flops import program_model_flops
 from stts_jax.models import get_config
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import init_cache
 from stts_jax.stts.scorer import Scorer
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
-from stts_jax.train.step import TrainState, train_step
+from stts_jax.train.step import TrainState, model_flops, train_step
 from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
 
 Array = jax.Array
@@ -85,14 +92,6 @@ def scorer_fn(cfg: Molmo2Config, valid: np.ndarray) -> Callable:
     return lambda params, patches, times: scorer.apply({"params": params}, patches, jnp.asarray(valid), times)
 
 
-def train_step_flops(cfg: Molmo2Config, optimizer, state, batch: VideoBatch, targets, compiled) -> float:
-    """The train step's FLOPs: off `compiled` if its layers are unrolled, else off its unrolled twin
-    (XLA's cost analysis counts a scan body once)."""
-    if cfg.scan_layers:
-        compiled = train_step.lower(cfg.replace(scan_layers=False), optimizer, state, batch, targets).compile()
-    return report.flops(compiled)
-
-
 def _block(x) -> None:
     jax.block_until_ready(x)
 
@@ -100,7 +99,8 @@ def _block(x) -> None:
 def train_programs(
     cfgs: dict[str, Molmo2Config], params: dict, batches: dict[str, VideoBatch], targets: Array
 ) -> dict[str, dict]:
-    """Per config: a zero-argument `run` (one train step on its batch, state fed back), flops and peak memory.
+    """Per config: a zero-argument `run` (one train step on its batch, state fed back), model flops, the
+    devices it runs on and peak memory.
 
     The state is `init_state`'s, built on a copy of the config's `params` (the step donates it)."""
     programs = {}
@@ -120,7 +120,8 @@ def train_programs(
 
         programs[name] = {
             "run": run,
-            "flops": train_step_flops(cfg, optimizer, state, batch, targets, compiled),
+            "flops": model_flops(cfg, optimizer, state, batch, targets),
+            "devices": report.executable_devices(compiled),
             "peak_memory_bytes": peak_memory_bytes(compiled),
         }
     return programs
@@ -151,15 +152,16 @@ def shared_params(cfgs: dict[str, Molmo2Config], batch: VideoBatch) -> dict[str,
 def prefill_programs(
     cfgs: dict[str, Molmo2Config], params: dict, batches: dict[str, VideoBatch], split: bool
 ) -> tuple[dict, dict]:
-    """(programs, parts): per config the whole prefill on its batch; with `split`, per config "vit" and "llm" halves
-    and, for configs with a scorer, "scorer" (each {"run", "flops"})."""
+    """(programs, parts): per config the whole prefill on its batch (as `train_programs`); with `split`, per
+    config "vit" and "llm" halves and, for configs with a scorer, "scorer" (each {"run", "flops"})."""
     programs, parts = {}, {}
     for name, cfg in cfgs.items():
         cfg, params_of, batch = cfg.replace(scan_layers=False), params[name], batches[name]
         compiled = jax.jit(prefill_fn(cfg)).lower(params_of, batch).compile()
         programs[name] = {
             "run": lambda compiled=compiled, p=params_of, b=batch: _block(compiled(p, b)),
-            "flops": report.flops(compiled),
+            "flops": program_model_flops(prefill_fn, cfg, params_of, batch),
+            "devices": report.executable_devices(compiled),
             "peak_memory_bytes": peak_memory_bytes(compiled),
         }
         if not split:
@@ -235,6 +237,8 @@ def measure(
         baseline = programs["unpruned"]
         for name, program in programs.items():
             k, cfg = names[name], cfgs[name]
+            seconds = float(np.median(times[name]))
+            devices = program["devices"]
             row = {
                 "setup": f"{frames} frames x batch {batch_size}, text {text_tokens}",
                 "variant": variant,
@@ -245,7 +249,7 @@ def measure(
                 "mode": mode,
                 "llm_tokens": batches[name].llm_length(cfg),
                 "flops": program["flops"],
-                "seconds_per_step": float(np.median(times[name])),
+                "seconds_per_step": seconds,
                 "seconds": times[name],
                 "speedup_vs_unpruned": report.paired_speedup(times["unpruned"], times[name]),
                 "flop_ratio_vs_unpruned": program["flops"] / baseline["flops"],
@@ -254,6 +258,7 @@ def measure(
                 "device": report.device_name(),
                 "program": train_program if mode == "train" else f"layers unrolled; {numerics}",
                 "load_average": [load_before, load_after],
+                **report.throughput(program["flops"], seconds, len(devices), devices[0].device_kind),
             }
             for part, p in parts.get(name, {}).items():
                 row[f"{part}_seconds"] = float(np.median(part_times[f"{name}/{part}"]))
@@ -275,6 +280,8 @@ COLUMNS = [
     ("FLOP ratio", ">", report.number("flop_ratio_vs_unpruned", ".3f")),
     ("bound", ">", lambda r: f"{1 / r['flop_ratio_vs_unpruned']:.2f}"),
     ("s/step", ">", report.number("seconds_per_step", ".2f")),
+    ("TFLOP/s", ">", report.number("achieved_tflops", ".3g")),
+    ("MFU", ">", report.percent("mfu")),
     ("speed-up", ">", report.number("speedup_vs_unpruned", ".2f")),
     ("of bound", ">", lambda r: f"{r['speedup_vs_unpruned'] * r['flop_ratio_vs_unpruned']:.2f}"),
     ("packing", ">", report.number("packing_efficiency", ".3f")),
@@ -327,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.write_json(rows, args.json)  # after each size, so a long run keeps what it measured
     report.print_table(rows, COLUMNS)
+    print("\n".join(report.peak_lines(rows)))
     loads = [x for r in rows for x in r["load_average"]]
     print(f"device: {rows[0]['device']}; 1-minute load average during the runs: {min(loads):.2f} .. {max(loads):.2f}")
     return 0

@@ -234,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
     step_fn = sharded_train_step(model, optimizer, shardings, rows, train_cfg.accumulate_steps)
     step_fn = step_fn.lower(state, *batch_shapes).compile()
     compile_seconds = time.perf_counter() - start
-    flops = model_flops(model, optimizer, state, *batch_shapes, train_cfg.accumulate_steps)
+    flops = model_flops(model, optimizer, state, *batch_shapes)
     device_kind = jax.devices()[0].device_kind
     found = accelerator(device_kind)
     log.info(

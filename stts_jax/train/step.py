@@ -136,13 +136,22 @@ def sharded_init(cfg: Molmo2Config, optimizer: optax.GradientTransformation, bat
     return jax.jit(functools.partial(init_state, cfg, optimizer, seed=seed), out_shardings=shardings)(batch)
 
 
-def model_flops(
-    cfg: Molmo2Config, optimizer: optax.GradientTransformation, state, batch: VideoBatch, targets, accumulate: int = 1
-) -> float:
-    """FLOPs of one train step over the whole global batch, as the model defines them: XLA's cost analysis of
-    the step lowered (not compiled: nothing is allocated) with the layers unrolled (a scanned body counts
-    once), attention on the XLA path (a Pallas kernel is opaque to the count) and no rematerialisation
-    (recomputation is not the model's work). Arguments may be arrays or `jax.ShapeDtypeStruct`s."""
-    twin = cfg.replace(scan_layers=False, attention_impl="xla", remat_policy="none")
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch, targets))
-    return float(train_step.lower(twin, optimizer, *shapes, accumulate=accumulate).cost_analysis()["flops"])
+def flops_twin(cfg: Molmo2Config) -> Molmo2Config:
+    """The model as its FLOPs are counted: layers unrolled (XLA's cost analysis counts a scanned body once),
+    attention on the XLA path (a Pallas or cuDNN kernel is opaque to the count) and no rematerialisation
+    (recomputation is not the model's work)."""
+    return cfg.replace(scan_layers=False, attention_impl="xla", remat_policy="none")
+
+
+def lowered_flops(fn, *args) -> float:
+    """XLA's cost analysis of the jitted `fn` lowered (not compiled: nothing is allocated) on the shapes of
+    `args` (arrays or `jax.ShapeDtypeStruct`s)."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    return float(fn.lower(*shapes).cost_analysis()["flops"])
+
+
+def model_flops(cfg: Molmo2Config, optimizer: optax.GradientTransformation, state, batch: VideoBatch, targets) -> float:
+    """FLOPs of one train step over the whole global batch, as the model defines them (`flops_twin`).
+    Gradient accumulation changes how a step runs, not what it computes, so the batch is counted whole
+    (its micro-batches would run in a loop, whose body XLA counts once)."""
+    return lowered_flops(jax.jit(functools.partial(_train_step, flops_twin(cfg), optimizer)), state, batch, targets)
