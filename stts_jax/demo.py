@@ -21,8 +21,9 @@ from stts_jax import cli
 from stts_jax.evaluate.multiple_choice import markdown_table
 from stts_jax.experiments.replication import get_sweep
 from stts_jax.export.formats import export
-from stts_jax.sweep.runner import BASE, run_name, run_sweep
+from stts_jax.sweep.runner import BASE, run_sweep
 from stts_jax.train.checkpoint import restore_params
+from stts_jax.train.experiment import run_name
 from stts_jax.train.metrics import median_step_seconds
 
 FLAGS = flags.FLAGS

@@ -29,7 +29,8 @@ def test_configs_build_valid_typed_configs(name):
 
 
 def test_replication_sweep_is_valid_and_complete(monkeypatch):
-    from stts_jax.sweep.runner import BASE, load_sweep, plan, run_name
+    from stts_jax.sweep.runner import BASE, load_sweep, plan
+    from stts_jax.train.experiment import run_name
 
     monkeypatch.chdir(CONFIGS.parent)  # sweep files name configs relative to the repo root
     file = str(CONFIGS / "replication.py")

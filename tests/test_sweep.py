@@ -14,7 +14,8 @@ from conftest import ROOT
 
 from stts_jax.errors import ConfigError
 from stts_jax.sweep.aggregate import aggregate
-from stts_jax.sweep.runner import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_name, run_sweep, stages
+from stts_jax.sweep.runner import BASE, SweepPreempted, parse_grid, plan, pod_commands, run_sweep, stages
+from stts_jax.train.experiment import run_name
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py") + ":variant=tiny,frames=4"
 

@@ -33,8 +33,7 @@ The auxiliary target is computed without gradient into the ViT (`stts.aux_stop_g
 import os
 
 from stts_jax.errors import ConfigError
-from stts_jax.sweep.runner import run_name
-from stts_jax.train.experiment import load_config_file, parse_arg
+from stts_jax.train.experiment import load_config_file, parse_arg, run_name
 
 CORE_METHODS = ("none", "stts", "random", "stts_no_aux")  # the runs behind the k = 0.5 claims
 # Fine-tuning from the base run: the paper's learning-rate groups (scorer 10x the LLM, ViT and

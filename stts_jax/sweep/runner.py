@@ -27,17 +27,10 @@ from stts_jax.errors import ConfigError, TrainingError
 from stts_jax.evaluate.multiple_choice import evaluate, scaled_data, scaled_frames
 from stts_jax.train.checkpoint import restore_params
 from stts_jax.train.command import train_command
-from stts_jax.train.experiment import load_config_file, load_python_file, model_config, training_setup
+from stts_jax.train.experiment import load_config_file, load_python_file, model_config, run_name, training_setup
 from stts_jax.train.loop import train
 from stts_jax.train.sharding import MeshConfig, make_mesh
 
-SHORT = {
-    "stts.method": "method",
-    "stts.prune_ratio": "k",
-    "stts.layer": "layer",
-    "train.seed": "seed",
-    "data.seed": "data_seed",
-}
 BASE = "base"  # the directory of a sweep's shared starting run
 
 
@@ -77,10 +70,6 @@ def _literal(text: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def run_name(overrides: Mapping[str, Any]) -> str:
-    return ",".join(f"{SHORT.get(k, k)}={v}" for k, v in overrides.items()).replace("/", "_")
 
 
 def apply(

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import os
 import types
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -138,6 +139,21 @@ def molmo2_4b_recipe(arg: str | None, hosts: int, accumulate_steps: int, mesh: d
     config.data = manifest_data_section(a.frames, a.batch // a.hosts, a.videos_per_row, a.seq, a.seed)
     config.train = train_section(steps=6250, seed=a.seed, accumulate_steps=accumulate_steps, mesh=mesh)
     return config
+
+
+# Short names of the config fields that name a sweep's runs (run directories), e.g. "method=stts,k=0.5".
+SHORT = {
+    "stts.method": "method",
+    "stts.prune_ratio": "k",
+    "stts.layer": "layer",
+    "train.seed": "seed",
+    "data.seed": "data_seed",
+}
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+    """The name of the run a sweep makes with `overrides` (dotted field -> value), its directory's name."""
+    return ",".join(f"{SHORT.get(k, k)}={v}" for k, v in overrides.items()).replace("/", "_")
 
 
 def _fields(cls, section: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
