@@ -119,3 +119,29 @@ def test_aggregate_names_a_broken_result_file_and_how_to_redo_it(tmp_path):
     os.remove(run_dir / "config.json")
     with pytest.raises(DataError, match="config.json is missing; python -m stts_jax.train writes it: put back"):
         collect(str(tmp_path))
+
+
+def test_a_sweep_file_with_a_grid_is_refused_before_anything_runs(tmp_path):
+    sweep = ["-m", "stts_jax.sweep", "--sweep=configs/replication.py", "--grid=train.seed=0,1"]
+    line = command([*sweep, f"--root={tmp_path}"])
+    assert "drop --grid/--config" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_damaged_experiment_record_is_named_not_a_json_traceback(tmp_path):
+    from stts_jax.train import checkpoint
+
+    (tmp_path / "config.json").write_text('{"model": {"variant": "ti')  # cut short
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON .* new --workdir"):
+        checkpoint.run_config(str(tmp_path))
+
+
+def test_step_times_skip_a_last_line_cut_short_and_name_a_broken_one(tmp_path):
+    from stts_jax.train.metrics import train_series
+
+    rows = ['{"step": 1, "train/step_seconds": 0.5}', '{"step": 2, "train/step_seconds": 0.25}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 3, "train/st')
+    assert train_series(str(tmp_path), "step_seconds") == [0.5, 0.25]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tr\n' + rows[1] + "\n")
+    with pytest.raises(DataError, match="line 1 is not JSON"):
+        train_series(str(tmp_path), "step_seconds")

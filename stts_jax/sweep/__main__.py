@@ -28,6 +28,10 @@ flags.mark_flags_as_required(["root"])
 
 def main(argv):
     del argv
+    if FLAGS.sweep and (FLAGS.grid or FLAGS.config):
+        raise ConfigError(
+            "--sweep names its own config and runs; drop --grid/--config, or drop --sweep to vary --config by --grid"
+        )
     if FLAGS.sweep:
         path, _, arg = FLAGS.sweep.partition(":")
         sweep = load_sweep(path, arg or None)

@@ -179,6 +179,16 @@ def provenance() -> dict[str, Any]:
     return {"git_revision": revision or None, "versions": versions}
 
 
+def _saved_config(path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({e}): the record of this workdir's experiment is damaged. Restore it (the "
+            "run's original --config) or train in a new --workdir."
+        ) from None
+
+
 def record_experiment(workdir: str, config: ml_collections.ConfigDict, resuming: bool, write: bool = True) -> None:
     """Writes the run's config (and its provenance) into the workdir. A workdir holds one experiment: when
     `resuming` from a checkpoint, a config that changes anything beyond CHANGEABLE is refused, naming
@@ -186,7 +196,7 @@ def record_experiment(workdir: str, config: ml_collections.ConfigDict, resuming:
     path = workdir_path(workdir) / RUN_CONFIG_FILE
     current = json.loads(config.to_json())
     if resuming and path.exists():
-        changes = experiment_changes(json.loads(path.read_text()), current)
+        changes = experiment_changes(_saved_config(path), current)
         if changes:
             listed = "; ".join(f"{f}: {old!r} there, {new!r} now" for f, old, new in changes[:8])
             more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
@@ -204,7 +214,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
     path = workdir_path(workdir) / RUN_CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{path} not found: --workdir must be a directory written by `python -m stts_jax.train`.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_saved_config(path))
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[Molmo2Config, dict, int]:

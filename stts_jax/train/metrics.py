@@ -25,6 +25,8 @@ from etils import epath
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams
 
+from stts_jax.errors import DataError
+
 METRICS_FILE = "metrics.jsonl"
 EVENTS_PREFIX = "events.out.tfevents"
 
@@ -120,9 +122,18 @@ class MetricsWriter:
 
 
 def train_series(run_dir: str, name: str) -> list[float]:
-    """Every logged value of the train metric `name` (e.g. "step_seconds") of a local run, in step order."""
-    with open(os.path.join(run_dir, METRICS_FILE)) as f:
-        values = [json.loads(line).get(f"train/{name}") for line in f if line.strip()]
+    """Every logged value of the train metric `name` (e.g. "step_seconds") of a local run, in step order. A
+    last line cut short (a run killed while writing it; its resume rewrites it) is left out."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    values = []
+    for i, line in enumerate(lines):
+        try:
+            values.append(json.loads(line).get(f"train/{name}"))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise DataError(f"{path} line {i + 1} is not JSON: {line[:80]!r}", "metrics") from None
     return [v for v in values if v is not None]
 
 
