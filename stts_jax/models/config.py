@@ -12,7 +12,7 @@ from typing import Any
 
 from stts_jax.errors import ConfigError
 
-ATTENTION_IMPLS = ("xla", "jax", "splash")
+ATTENTION_IMPLS = ("xla", "jax", "splash", "gpu")  # what each runs: stts_jax.models.attention
 STTS_METHODS = ("none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames")
 PRUNING_METHODS = ("random", "heuristic", "stts", "stts_no_aux")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -153,7 +153,8 @@ class Molmo2Config:
     param_dtype: str = "float32"
     attention_impl: str = "xla"  # "xla": explicit masks (reference); "jax": jax.nn.dot_product_attention
     # (its cuDNN kernel on GPU for bf16); "splash": Pallas splash attention with segment ids (TPU, or
-    # interpret mode on CPU)
+    # interpret mode on CPU); "gpu": cuDNN flash attention for the ViT (bf16/fp16 on a GPU, else XLA) and
+    # Pallas GPU (Triton) kernels for the LLM (interpret mode off GPU); no [len, len] array at either
     scan_layers: bool = True  # run the stacked blocks with lax.scan (fast compiles) or unrolled
     remat_policy: str = "none"  # rematerialise each block in the backward pass: none|full|dots|dots_no_batch
     stts: STTSConfig = STTSConfig()
