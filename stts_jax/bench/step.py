@@ -41,7 +41,7 @@ from stts_jax.accelerators import peak_memory_bytes
 from stts_jax.bench import report, workload
 from stts_jax.bench.flops import program_model_flops
 from stts_jax.models import get_config
-from stts_jax.models.config import Molmo2Config
+from stts_jax.models.config import ATTENTION_IMPLS, Molmo2Config
 from stts_jax.models.llm import init_cache
 from stts_jax.stts.scorer import Scorer
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -311,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on an accelerator)")
     parser.add_argument("--param_dtype", default="float32", help="parameter (and optimizer state) dtype")
     parser.add_argument(
-        "--attention", default="xla", choices=["xla", "jax"], help="xla: explicit masks; jax: cuDNN on GPU in bf16"
+        "--attention",
+        default="xla",
+        choices=ATTENTION_IMPLS,
+        help="xla: explicit masks; jax: cuDNN where it applies; gpu: cuDNN ViT + Pallas GPU LLM (fused, no score "
+        "matrices); splash: the TPU kernels",
     )
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
