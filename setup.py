@@ -32,6 +32,8 @@ setup(
         "tokenizers>=0.22",
         "av>=18.0",  # frame rotation from the display matrix; writing it (tests)
         "pillow>=10.0",  # stored frames: JPEG / PNG
+        "scikit-image>=0.26",  # the scene set's photographs (skimage.data: bundled in its wheel, CC0 / public domain)
+        "scikit-learn>=1.9",  # the scene set's handwritten digits (sklearn.datasets.load_digits, bundled)
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "absl-py>=2.1",

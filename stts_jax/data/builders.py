@@ -1,6 +1,7 @@
 """TFDS builders (array_record; read back with `tfds.data_source`, no TensorFlow needed).
 
 `SyntheticVideoQA`: the procedural set of `synthetic.py`, splits from disjoint seeds.
+`SceneVideoQA`: the procedural set of `scenes.py` (photographs, a moving camera, local answers), the same way.
 `ManifestVideoQA`: one split of any video-QA set written as a JSONL manifest (`manifest.py`), each
 distinct clip decoded once (in worker processes), sampled as Molmo2 does, stored at model resolution
 with compressed frames (`clips.py`). Bad lines and unusable videos are skipped and counted by kind
@@ -26,9 +27,9 @@ import tensorflow_datasets as tfds
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from stts_jax.data import scenes, synthetic
 from stts_jax.data.clips import ClipSettings, build_clip, decode_clip
 from stts_jax.data.manifest import Clip, Entry, SkipCounter, manifest_bytes, read_manifest
-from stts_jax.data.synthetic import SyntheticConfig, generate_example
 from stts_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,25 @@ def _qa_info(builder: tfds.core.GeneratorBasedBuilder, **media) -> tfds.core.Dat
     )
 
 
+def _generated_examples(generate, cfg, split: str, count: int):
+    """(key, example) of a procedural split: examples 0..count-1 of its seed, with their timestamps."""
+    for index in range(count):
+        ex = generate(SPLIT_SEEDS[split], index, cfg)
+        ex["timestamps"] = (np.arange(cfg.frames) / cfg.fps).astype(np.float32)
+        ex["answer_text"] = ex["options"][ex["answer"]]
+        del ex["fps"]
+        yield ex["id"], ex
+
+
+def _generated_media() -> dict:
+    """The features of a procedural example besides its question: frames, their times, object masks."""
+    timestamps = tfds.features.Tensor(shape=(None,), dtype=np.float32)
+    return {"video": _video_feature(), "timestamps": timestamps, "masks": _video_feature(channels=False)}
+
+
 @dataclasses.dataclass
 class SyntheticBuilderConfig(tfds.core.BuilderConfig):
-    synthetic: SyntheticConfig = SyntheticConfig()
+    synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
     num_examples: tuple[tuple[str, int], ...] = (("train", 600), ("validation", 120), ("test", 240))
 
 
@@ -69,25 +86,54 @@ class SyntheticVideoQA(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [SyntheticBuilderConfig(name="default")]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        timestamps = tfds.features.Tensor(shape=(None,), dtype=np.float32)
-        return _qa_info(self, video=_video_feature(), timestamps=timestamps, masks=_video_feature(channels=False))
+        return _qa_info(self, **_generated_media())
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, n) for split, n in self.builder_config.num_examples}
 
     def _generate_examples(self, split: str, count: int):
-        cfg = self.builder_config.synthetic
-        for index in range(count):
-            ex = generate_example(SPLIT_SEEDS[split], index, cfg)
-            ex["timestamps"] = (np.arange(cfg.frames) / cfg.fps).astype(np.float32)
-            ex["answer_text"] = ex["options"][ex["answer"]]
-            del ex["fps"]
-            yield ex["id"], ex
+        yield from _generated_examples(synthetic.generate_example, self.builder_config.synthetic, split, count)
 
 
 def build_synthetic(data_dir: str, config: SyntheticBuilderConfig | None = None) -> SyntheticVideoQA:
     builder = SyntheticVideoQA(
         data_dir=data_dir, config=config or SyntheticBuilderConfig(name="default"), file_format="array_record"
+    )
+    builder.download_and_prepare()
+    return builder
+
+
+@dataclasses.dataclass
+class SceneBuilderConfig(tfds.core.BuilderConfig):
+    scenes: scenes.SceneConfig = scenes.SceneConfig()
+    num_examples: tuple[tuple[str, int], ...] = (("train", 600), ("validation", 120), ("test", 240))
+
+
+class SceneVideoQA(tfds.core.GeneratorBasedBuilder):
+    """Procedural video QA over photographs with a moving camera: masks, the answer's objects, tags."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [SceneBuilderConfig(name="default")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        scene = {
+            "targets": tfds.features.Tensor(shape=(None,), dtype=np.int32),  # mask ids that hold the answer
+            "answerable": tfds.features.Text(),  # "static" | "temporal" (scenes.ANSWERABLE)
+            "photo": tfds.features.Text(),  # scenes.PHOTOS
+            "camera": tfds.features.Text(),  # scenes.MOTIONS
+        }
+        return _qa_info(self, **_generated_media(), **scene)
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split, n) for split, n in self.builder_config.num_examples}
+
+    def _generate_examples(self, split: str, count: int):
+        yield from _generated_examples(scenes.generate_example, self.builder_config.scenes, split, count)
+
+
+def build_scenes(data_dir: str, config: SceneBuilderConfig | None = None) -> SceneVideoQA:
+    builder = SceneVideoQA(
+        data_dir=data_dir, config=config or SceneBuilderConfig(name="default"), file_format="array_record"
     )
     builder.download_and_prepare()
     return builder

@@ -1,11 +1,14 @@
 """The random-access source of a dataset split named by an experiment config (`config.data`): a TFDS
 array_record dataset, built first if it is not there yet (on process 0; the other hosts wait), or for
-manifests, optionally decoded on the fly."""
+manifests, optionally decoded on the fly. `data.dataset` picks one of `SOURCES`."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
+import json
 
 import jax
 import ml_collections
@@ -16,13 +19,18 @@ from tokenizers import Tokenizer
 from stts_jax.data.builders import (
     ManifestBuilderConfig,
     ManifestSource,
+    SceneBuilderConfig,
+    SceneVideoQA,
     SyntheticBuilderConfig,
     build_manifest,
+    build_scenes,
     build_synthetic,
     manifest_dataset_name,
 )
 from stts_jax.data.clips import ClipSettings, load_clip
 from stts_jax.data.manifest import Manifest, read_manifest
+from stts_jax.data.scenes import FAMILIES as SCENE_FAMILIES
+from stts_jax.data.scenes import SceneConfig
 from stts_jax.data.synthetic import FAMILIES, SyntheticConfig
 from stts_jax.data.tokenizer import load_tokenizer, synthetic_tokenizer
 from stts_jax.errors import ConfigError, DataError
@@ -116,12 +124,17 @@ def synthetic_settings(data: ml_collections.ConfigDict) -> SyntheticConfig:
         raise ConfigError(f"{e} (config.data.families is comma-separated; config.data.max_distractors)") from e
 
 
+def _split_counts(data: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
+    """The (split, examples) a procedural set's config asks for, empty splits left out."""
+    counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
+    return tuple((k, n) for k, n in counts if n > 0)
+
+
 def synthetic_source(config: ml_collections.ConfigDict, split: str):
     """The `split` of the synthetic set the config describes, generated into data.data_dir once."""
     data = config.data
     synthetic = synthetic_settings(data)
-    counts = (("train", data.train_examples), ("validation", data.eval_examples), ("test", data.test_examples))
-    counts = tuple((k, n) for k, n in counts if n > 0)
+    counts = _split_counts(data)
     # the name holds everything that changes the stored examples, so a data_dir never serves stale ones
     name = f"f{data.frames}_fps{synthetic.fps:g}_".replace(".", "p") + "_".join(f"{k}{n}" for k, n in counts)
     name += "" if synthetic.families == FAMILIES else "_" + "-".join(synthetic.families)
@@ -132,7 +145,51 @@ def synthetic_source(config: ml_collections.ConfigDict, split: str):
     return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split)
 
 
-SOURCES = {"synthetic_video_qa": synthetic_source, "manifest_video_qa": manifest_source}
+def scene_settings(config: ml_collections.ConfigDict) -> SceneConfig:
+    """config.data of a `scene_video_qa` experiment -> SceneConfig; frames at the model's input size unless
+    data.size sets one (the pipeline resizes them to the model's)."""
+    data = config.data
+    families = tuple(f for f in data.get("families", "").split(",") if f) or SCENE_FAMILIES
+    digits = tuple(int(d) for d in str(data.get("digits", "")).split(",") if d.strip()) or SceneConfig.digits
+    size = data.get("size", 0) or get_config(config.model.variant).vision.image_size[0]
+    try:
+        return SceneConfig(
+            frames=data.frames,
+            fps=data.get("fps", 2.0),  # raised with the frame count for test-time scaling: same clip, denser
+            size=size,
+            families=families,
+            digits=digits,
+            digit_styles=data.get("digit_styles", 0),
+        )
+    except ValueError as e:
+        raise ConfigError(f"{e} (config.data.families and config.data.digits are comma-separated)") from e
+
+
+def scene_source(config: ml_collections.ConfigDict, split: str):
+    """The `split` of the scene set the config describes, generated into data.data_dir once."""
+    data = config.data
+    scenes = scene_settings(config)
+    counts = _split_counts(data)
+    # every field of the scene config and the builder's version decide the examples: the digest names them
+    identity = {"scenes": dataclasses.asdict(scenes), "counts": counts, "version": str(SceneVideoQA.VERSION)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"f{scenes.frames}_fps{scenes.fps:g}_s{scenes.size}_".replace(".", "p") + "_".join(
+        f"{k}{n}" for k, n in counts
+    )
+    name += f"_{digest}"
+    builder = SceneBuilderConfig(name=name, scenes=scenes, num_examples=counts)
+    _prepare_once(lambda: build_scenes(data.data_dir, builder))
+    return tfds.data_source(f"scene_video_qa/{name}", data_dir=data.data_dir, split=split)
+
+
+SOURCES = {
+    "synthetic_video_qa": synthetic_source,
+    "scene_video_qa": scene_source,
+    "manifest_video_qa": manifest_source,
+}
+# The procedural sets: examples generated from data.frames, data.fps and data.{train,eval,test}_examples
+# (test-time scaling raises the first two), read with their own vocabulary.
+GENERATED = ("synthetic_video_qa", "scene_video_qa")
 
 
 def split_source(config: ml_collections.ConfigDict, split: str):
@@ -143,10 +200,12 @@ def split_source(config: ml_collections.ConfigDict, split: str):
 
 
 def tokenizer_of(config: ml_collections.ConfigDict) -> Tokenizer:
-    """The tokenizer the config's dataset is read with (the synthetic set ships its own vocabulary)."""
+    """The tokenizer the config's dataset is read with (the procedural sets ship their own vocabulary)."""
     data = config.data
     if data.dataset == "synthetic_video_qa":
         return synthetic_tokenizer(synthetic_settings(data).vocabulary())
+    if data.dataset == "scene_video_qa":
+        return synthetic_tokenizer(scene_settings(config).vocabulary())
     if not data.get("tokenizer"):
         raise ConfigError("data.tokenizer is empty: pass --config.data.tokenizer=PATH/tokenizer.json (Qwen3's).")
     return load_tokenizer(data.tokenizer)

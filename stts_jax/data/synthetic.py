@@ -81,7 +81,7 @@ class _Object:
         return f"{self.color} {self.shape}"
 
 
-def _shape_mask(shape: str, size: int) -> np.ndarray:
+def shape_mask(shape: str, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     if shape == "square":
         return np.ones((size, size), bool)
@@ -109,7 +109,7 @@ def _render(background: np.ndarray, objects: list[_Object], cfg: SyntheticConfig
     masks = np.zeros((cfg.frames, cfg.size, cfg.size), np.uint8)
     s = cfg.object_size
     for k, obj in enumerate(objects, start=1):
-        shape = _shape_mask(obj.shape, s)
+        shape = shape_mask(obj.shape, s)
         for t in range(max(obj.first, 0), min(obj.last, cfg.frames - 1) + 1):
             x0, y0 = int(round(obj.x + obj.vx * t)), int(round(obj.y + obj.vy * t))
             x1, y1 = min(x0 + s, cfg.size), min(y0 + s, cfg.size)

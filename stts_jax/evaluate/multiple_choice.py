@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text
 from stts_jax.data.prompt import answer_text, encode_answer
+from stts_jax.data.sources import GENERATED
 from stts_jax.data.tokenizer import token_id
 from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
@@ -56,7 +57,7 @@ def scaled_frames(cfg: Molmo2Config, config: ml_collections.ConfigDict) -> int:
     the model's own windows per frame (81 at Molmo2 sizes, 9 for `tiny`). A method that keeps fewer tokens
     by ratio k (`fewer_frames` included) scales by k; `none` keeps the frames."""
     data = config.data
-    base = data.frames if data.dataset == "synthetic_video_qa" else data.video_frames
+    base = data.frames if data.dataset in GENERATED else data.video_frames
     ratio = cfg.stts.prune_ratio if cfg.stts.method != "none" else 0.0
     return frames_for_equal_tokens(ratio, base, windows_per_frame(cfg))
 
@@ -64,13 +65,13 @@ def scaled_frames(cfg: Molmo2Config, config: ml_collections.ConfigDict) -> int:
 def scaled_data(config: ml_collections.ConfigDict, frames: int | None, split: str) -> ml_collections.ConfigDict:
     """The experiment config with its `split` data sampled at `frames` frames per video (None: as is).
 
-    Synthetic videos keep their duration (the frame rate rises with the count) and only `split` is
+    Procedural videos keep their duration (the frame rate rises with the count) and only `split` is
     built; manifest videos are decoded at up to `frames` frames, into a dataset of its own name."""
     config = copy.deepcopy(config)
     data = config.data
     if frames is None:
         return config
-    if data.dataset == "synthetic_video_qa":
+    if data.dataset in GENERATED:
         data.fps = data.get("fps", 2.0) * frames / data.frames
         data.frames = frames
         counts = {"train": "train_examples", "validation": "eval_examples", "test": "test_examples"}
@@ -91,16 +92,17 @@ class _Example:
     input_ids: np.ndarray  # [L] the prompt without the answer
     pixels: np.ndarray  # [T, patches, patch_dim] uint8
     vision_tokens: int  # LLM vision tokens after pruning
-    objects: np.ndarray | None  # [T, windows] bool: the window shows a ground-truth object (synthetic set)
+    objects: np.ndarray | None  # [T, windows] bool: the window shows an asked-about object (procedural sets)
 
 
-def object_windows(masks: np.ndarray, cfg: Molmo2Config) -> np.ndarray:
-    """[T, H, W] object masks (0 = background) -> [T, windows] bool: some patch of the window, at the
-    model's frame size and patch grid, overlaps an object."""
+def object_windows(masks: np.ndarray, cfg: Molmo2Config, targets: np.ndarray | None = None) -> np.ndarray:
+    """[T, H, W] object masks (object id, 0 = background) -> [T, windows] bool: some patch of the window,
+    at the model's frame size and patch grid, overlaps an object of `targets` (ids; None: any object)."""
     t, h, w = masks.shape
     size, patch = cfg.vision.image_size[0], cfg.vision.patch_size
     ys, xs = (np.arange(size) * h) // size, (np.arange(size) * w) // size  # nearest-neighbour resize
-    on = masks[:, ys][:, :, xs] > 0
+    resized = masks[:, ys][:, :, xs]
+    on = resized > 0 if targets is None else np.isin(resized, targets)
     rows, cols = cfg.vision.patch_grid
     patches = on[:, : rows * patch, : cols * patch].reshape(t, rows, patch, cols, patch).any((2, 4)).reshape(t, -1)
     windows = pooling_windows(rows, cols, *cfg.adapter.pooling_size)
@@ -135,7 +137,7 @@ def _examples(
                 input_ids=prompt["input_ids"],
                 pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
                 vision_tokens=budget.kept_windows(len(frames), windows, ratio),
-                objects=object_windows(record["masks"], cfg) if "masks" in record else None,
+                objects=object_windows(record["masks"], cfg, record.get("targets")) if "masks" in record else None,
             )
         )
     return examples, dict(preprocess.skipped)

@@ -27,7 +27,7 @@ from stts_jax.convert.hf_processor import TOKENIZER_FILE, ProcessorSource, save_
 from stts_jax.convert.orbax_params import PARAMS_DIR, load_params, save_params
 from stts_jax.convert.scorer import SCORER_FILE, load_scorer, save_scorer
 from stts_jax.data.clips import ClipSettings
-from stts_jax.data.sources import synthetic_settings, tokenizer_of
+from stts_jax.data.sources import GENERATED, tokenizer_of
 from stts_jax.data.tokenizer import load_tokenizer
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.models.config import Molmo2Config, STTSConfig
@@ -44,9 +44,8 @@ def processor_source(config: ml_collections.ConfigDict) -> ProcessorSource:
     data was read with (the synthetic set's own, or data.tokenizer; if that file is gone, the tokenizer.json of
     the Hugging Face checkpoint in train.init_from) and its frame sampling."""
     data = config.data
-    if data.dataset == "synthetic_video_qa":
-        synthetic = synthetic_settings(data)
-        return ProcessorSource(tokenizer_of(config), synthetic.frames, synthetic.fps)
+    if data.dataset in GENERATED:  # procedural sets: their own vocabulary, data.frames at data.fps
+        return ProcessorSource(tokenizer_of(config), data.frames, data.get("fps", 2.0))
     init_from = config.train.get("init_from", "")
     fallback = os.path.join(init_from, TOKENIZER_FILE) if init_from else ""
     try:
