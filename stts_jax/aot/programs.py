@@ -27,7 +27,7 @@ from stts_jax.train.experiment import training_setup
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.sharding import MeshConfig, batch_sharding, param_shardings, state_shardings
 from stts_jax.train.step import init_state, model_flops, sharded_train_step
-from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, last_token, param_shapes
+from stts_jax.vlm.model import Molmo2, RowLayout, VideoBatch, param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,10 @@ def prefill_fn(cfg: Molmo2Config, rows: int, llm_tokens: int) -> Callable:
 
     def prefill(params, batch: VideoBatch):
         cache = init_cache(cfg, rows, llm_tokens)
-        _, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
-        last = last_token(forward.tokens.segment_ids)
-        hidden = jnp.take_along_axis(forward.hidden, last[:, None, None], axis=1)
-        # the full-sequence logits are unused, so XLA drops them: only the last token's are computed
-        logits = model.apply({"params": params}, hidden, method=lambda m, h: m.lm_head(h))
-        return logits[:, 0], forward.cache
+        logits, forward = model.apply(
+            {"params": params}, batch, cache, rngs={"stts": jax.random.key(0)}, method=Molmo2.prefill
+        )
+        return logits, forward.cache
 
     return prefill
 

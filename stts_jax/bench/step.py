@@ -46,7 +46,7 @@ from stts_jax.models.llm import init_cache
 from stts_jax.stts.scorer import Scorer
 from stts_jax.train.optimizer import OptimizerConfig, make_optimizer
 from stts_jax.train.step import TrainState, model_flops, train_step
-from stts_jax.vlm.model import Molmo2, VideoBatch, last_token
+from stts_jax.vlm.model import Molmo2, VideoBatch
 
 Array = jax.Array
 STTS_RNG = {"stts": jax.random.key(0)}
@@ -58,8 +58,8 @@ def prefill_fn(cfg: Molmo2Config) -> Callable:
 
     def prefill(params, batch: VideoBatch):
         cache = init_cache(cfg, batch.input_ids.shape[0], batch.llm_length(cfg))
-        logits, forward = model.apply({"params": params}, batch, cache, rngs=STTS_RNG)
-        return forward.next_token_logits(logits), forward.cache
+        logits, forward = model.apply({"params": params}, batch, cache, rngs=STTS_RNG, method=Molmo2.prefill)
+        return logits, forward.cache
 
     return prefill
 
@@ -81,8 +81,8 @@ def llm_prefill_fn(cfg: Molmo2Config) -> Callable:
 
     def llm_prefill(params, tokens: dict[str, Array], video: Array):
         cache = init_cache(cfg, video.shape[0], tokens.input_ids.shape[1])
-        logits, _, cache = model.apply({"params": params}, tokens, video, cache, method=Molmo2.llm)
-        return logits[jnp.arange(logits.shape[0]), last_token(tokens.segment_ids)], cache
+        logits, _, cache = model.apply({"params": params}, tokens, video, cache, True, method=Molmo2.llm)
+        return logits, cache
 
     return llm_prefill
 

@@ -22,13 +22,15 @@ def _prefill(cfg: Molmo2Config, params, batch: VideoBatch, new_slots: int) -> di
     b = batch.input_ids.shape[0]
     s = batch.llm_length(cfg)
     cache = init_cache(cfg, b, s + new_slots)
-    logits, forward = model.apply({"params": params}, batch, cache, rngs={"stts": jax.random.key(0)})
+    logits, forward = model.apply(
+        {"params": params}, batch, cache, rngs={"stts": jax.random.key(0)}, method=Molmo2.prefill
+    )
     segment_ids, positions = forward.tokens.segment_ids, forward.tokens.positions  # after pruning, if any
     last = last_token(segment_ids)
     rows = jnp.arange(b)
     return {
         "cache": forward.cache,
-        "logits": forward.next_token_logits(logits),  # [batch, vocab] after the last prompt token
+        "logits": logits,  # [batch, vocab] after the last prompt token
         "position": positions[rows, last],
         "segment": segment_ids[rows, last],
         "kv_segments": jnp.pad(segment_ids, ((0, 0), (0, new_slots))),

@@ -136,10 +136,6 @@ class Forward:
         """A per-token array of the input [batch, input_seq] moved to `tokens`' order (targets, masks)."""
         return per_token if self.compacted is None else gather_tokens(per_token, self.compacted.source_index)
 
-    def next_token_logits(self, logits: Array) -> Array:
-        """[batch, seq, vocab] -> the logits after each row's last real token [batch, vocab]."""
-        return logits[jnp.arange(logits.shape[0]), last_token(self.tokens.segment_ids)]
-
 
 def last_token(segment_ids: Array) -> Array:
     """[batch, seq] -> the slot of each row's last real token [batch] (-1 for an empty row)."""
@@ -228,9 +224,13 @@ class Molmo2(nn.Module):
         )
         return compacted.tokens, pruned.tokens, pruned, compacted, out
 
-    def llm(self, tokens: TokenSequence, video: Array, cache=None) -> tuple[Array, Array, Array]:
+    def llm(
+        self, tokens: TokenSequence, video: Array, cache=None, last_only: bool = False
+    ) -> tuple[Array, Array, Array]:
         """Logits of the LLM over `tokens` with the row's k-th `video` token [batch, k, dim] added to its
-        k-th placeholder -> (logits [batch, seq, vocab], hidden, cache)."""
+        k-th placeholder -> (logits [batch, seq, vocab], hidden, cache). `last_only`: the logits after each
+        row's last real token only [batch, vocab], the LM head run on those tokens alone (a prefill: at 24k
+        tokens and Qwen3's vocabulary the whole sequence's logits would be 14 GiB in float32)."""
         input_ids, segment_ids = tokens.input_ids, tokens.segment_ids
         embeddings = self.embed_with_video(input_ids, video)
         blocks = self.vision_block_ids(input_ids, segment_ids)
@@ -244,12 +244,22 @@ class Molmo2(nn.Module):
                 segment_ids, widen(segment_ids), slots[:, : blocks.shape[1]], slots, blocks, widen(blocks)
             )
         hidden, cache = self.text(embeddings, tokens.positions, segments, cache, 0)
+        if last_only:
+            return self.lm_head(hidden[jnp.arange(hidden.shape[0]), last_token(segment_ids)]), hidden, cache
         return self.lm_head(hidden), hidden, cache
 
     def __call__(self, batch: VideoBatch, cache=None) -> tuple[Array, Forward]:
         """Full forward (training, scoring, or prefill into `cache` from slot 0) -> (logits, Forward)."""
+        return self._forward(batch, cache, last_only=False)
+
+    def prefill(self, batch: VideoBatch, cache) -> tuple[Array, Forward]:
+        """The prompt into `cache` from slot 0 -> (the logits after each row's last real token [batch, vocab],
+        Forward), the LM head run on those tokens only."""
+        return self._forward(batch, cache, last_only=True)
+
+    def _forward(self, batch: VideoBatch, cache, last_only: bool) -> tuple[Array, Forward]:
         tokens, video, pruned, compacted, out = self.prepare(batch)
-        logits, hidden, cache = self.llm(tokens, video, cache)
+        logits, hidden, cache = self.llm(tokens, video, cache, last_only)
         return logits, Forward(tokens=tokens, hidden=hidden, cache=cache, pruned=pruned, compacted=compacted, out=out)
 
     def decode(self, input_ids: Array, positions: Array, segments: SegmentMask, cache, cache_index):
