@@ -189,7 +189,7 @@ def test_bad_stts_configs_name_the_field():
     with pytest.raises(ConfigError, match="stts.window_size"):
         stts_config(window_size=(2, 2))
     with pytest.raises(ConfigError, match="stts.method"):
-        stts_config(method="tome")
+        stts_config(method="merge_everything")
 
 
 def test_generation_after_pruning_continues_the_compacted_prompt(setup):

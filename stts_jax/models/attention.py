@@ -228,7 +228,14 @@ def attend_segments(query: Array, key: Array, value: Array, segments: SegmentMas
 
 
 def attend_packed_frames(
-    query: Array, key: Array, value: Array, segment_ids: Array, frame_len: int, granule: int, impl: str
+    query: Array,
+    key: Array,
+    value: Array,
+    segment_ids: Array,
+    frame_len: int,
+    granule: int,
+    impl: str,
+    key_bias: Array | None = None,
 ) -> Array:
     """Full attention within each frame of a packed buffer (`stts_jax.stts.packing`): frames contiguous,
     at most `frame_len` real slots each, each starting at a multiple of `granule` (a divisor of
@@ -244,8 +251,10 @@ def attend_packed_frames(
     Splash: per 128-slot query block, only the key blocks its frames reach (`frame_blocks`, built from the
     segment ids in the graph): about 8 of a frame's blocks on average where a static band would run 13.
     Padding queries get the mean of the values (XLA) or whatever finite value the kernels give them.
+    key_bias: [batch, slots] or None, added to every logit of that key (ToMe's proportional attention,
+    `stts_jax.stts.tome`); the splash kernel takes no bias, so with one the splash impl runs the XLA chunks.
     """
-    if impl == "splash":
+    if impl == "splash" and key_bias is None:
         segments = SegmentMask.self_attention(segment_ids, causal=False)
         return splash_attention(query, key, value, segments, frame_len, frames=True)
     b, s, h, d = query.shape
@@ -265,10 +274,21 @@ def attend_packed_frames(
     if impl == "gpu":
         # At least one key keeps every cuDNN row defined (a chunk of padding only has none).
         kv_lengths = jnp.maximum(jnp.where(first > 0, (kv_seg == first[..., None]).sum(-1), 0), 1)
-        out = fused_attention(chunks, window(key, 0), window(value, 0), kv_lengths=kv_lengths.reshape(-1))
+        bias = None if key_bias is None else window(key_bias, 0).reshape(b * n, 1, 1, frame_len)
+        out = fused_attention(
+            chunks, window(key, 0), window(value, 0), key_bias=bias, kv_lengths=kv_lengths.reshape(-1)
+        )
         return out.reshape(b, s, h, d)
     mask = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg[..., :, None] > 0)
-    out = attend(chunks, window(key, 0), window(value, 0), mask=mask.reshape(b * n, 1, granule, frame_len), impl=impl)
+    bias = None if key_bias is None else window(key_bias, 0).reshape(b * n, 1, 1, frame_len)
+    out = attend(
+        chunks,
+        window(key, 0),
+        window(value, 0),
+        mask=mask.reshape(b * n, 1, granule, frame_len),
+        bias=bias,
+        impl="xla" if impl == "splash" else impl,
+    )
     return out.reshape(b, s, h, d)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from stts_jax.errors import ConfigError
 
 ATTENTION_IMPLS = ("xla", "jax", "splash", "gpu")  # what each runs: stts_jax.models.attention
-STTS_METHODS = ("none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames")
-PRUNING_METHODS = ("random", "heuristic", "stts", "stts_no_aux")
+STTS_METHODS = ("none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames", "tome")
+PRUNING_METHODS = ("random", "heuristic", "stts", "stts_no_aux", "tome")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ROPE_TYPES = ("default", "linear", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -110,7 +110,7 @@ class TextConfig:
 class STTSConfig:
     """Spatio-Temporal Token Scoring (STTS.md sections 2-7) and the baselines with the same budget."""
 
-    method: str = "none"  # none | random | heuristic | stts | stts_no_aux | fewer_frames
+    method: str = "none"  # none | random | heuristic | stts | stts_no_aux | fewer_frames | tome
     prune_ratio: float = 0.5  # k: each video loses floor(windows * k * frames) windows (frame 0 never)
     layer: int = 3  # l: scorer after ViT block l, its bias in block l+1, pruned from block l+2 on
     window_size: tuple[int, int] = (3, 3)  # must equal the connector's pooling windows

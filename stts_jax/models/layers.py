@@ -71,10 +71,11 @@ class ViTAttention(nn.Module):
         frame_segments: Array | None = None,
         frame_len: int = 0,
         frame_granule: int = 0,
+        frame_key_bias: Array | None = None,
     ) -> Array:
         """mask / bias as in `attend`; or `frame_segments` [batch, slots]: x is a packed buffer of frames
         (<= frame_len slots each, starting at multiples of frame_granule) and attention stays within each
-        frame (`attend_packed_frames`)."""
+        frame (`attend_packed_frames`), with `frame_key_bias` [batch, slots] added per key if given."""
         kv = x if kv is None else kv
         dense = lambda n, name: nn.Dense(
             n, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name
@@ -83,7 +84,9 @@ class ViTAttention(nn.Module):
         k = dense(self.num_kv_heads * self.head_dim, "k")(kv).reshape(*kv.shape[:2], self.num_kv_heads, -1)
         v = dense(self.num_kv_heads * self.head_dim, "v")(kv).reshape(*kv.shape[:2], self.num_kv_heads, -1)
         if frame_segments is not None:
-            out = attend_packed_frames(q, k, v, frame_segments, frame_len, frame_granule, self.attention_impl)
+            out = attend_packed_frames(
+                q, k, v, frame_segments, frame_len, frame_granule, self.attention_impl, frame_key_bias
+            )
         else:
             out = attend(q, k, v, mask=mask, bias=bias, impl=self.attention_impl)
         return dense(self.out_features or x.shape[-1], "o")(out.reshape(*x.shape[:2], -1))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from stts_jax.models.config import Molmo2Config
 from stts_jax.models.llm import TokenSequence
 from stts_jax.models.vit import VisionTransformer
-from stts_jax.stts import budget, packing, pruning
+from stts_jax.stts import budget, packing, pruning, tome
 from stts_jax.stts.scorer import Scorer, aux_squared_error, score_bias, temporal_dissimilarity
 from stts_jax.windows import frame_windows, patch_windows
 
@@ -97,13 +97,32 @@ def encode_video_pruned(
         bias = score_bias(scores, patch_window, cfg.vision.patch_grid, times, real, s).reshape(b * f, 1, 1, n)
     elif s.method == "heuristic":
         scores = temporal_dissimilarity(window_patches, times)
-    else:  # random
+    elif s.method == "random":
         scores = jax.random.uniform(random_key(), (b, f, num_windows))
     x, dense_hidden = vit.run(x, s.layer + 1, s.layer + 2, depths, bias=bias)
     hidden.update(dense_hidden)
+    prune_table = budget.prune_table(f, num_windows, s.prune_ratio)
 
-    # 3. Each video drops its budget of lowest-scored windows (frame 0 never).
-    keep = pruning.select_windows(scores, frame_video_ids, budget.prune_table(f, num_windows, s.prune_ratio))
+    # 3. Each video drops its budget of lowest-scored windows (frame 0 never). ToMe instead merges its
+    # budget of most similar windows into their matches in the previous frame (`tome`), with their sizes
+    # as a per-key attention bias in the later blocks.
+    key_bias = None
+    if s.method == "tome":
+        window_features = (x[:, jnp.maximum(window_idx, 0)] * valid[..., None]).reshape(
+            b, f, num_windows, -1, x.shape[-1]
+        )
+        similarity, match = tome.best_previous_match(window_features, valid, frame_video_ids)
+        scores = 1.0 - similarity
+        keep = pruning.select_windows(scores, frame_video_ids, prune_table)
+        roots = tome.merge_roots(keep, match)
+        merged, sizes = tome.merge_patches(x.reshape(b, f * n, -1), roots, window_idx, patch_window)
+        x = merged.reshape(b * f, n, -1)
+        if s.layer + 2 in hidden:
+            hidden[s.layer + 2] = x
+        key_bias = jnp.log(jnp.maximum(sizes, 1.0))
+        out["tome/sizes"] = sizes.reshape(b, f, n)
+    else:
+        keep = pruning.select_windows(scores, frame_video_ids, prune_table)
     capacity = budget.kept_capacity(f, num_windows, s.prune_ratio, max_videos_per_row)
 
     # 4. The kept patches of all frames of a row packed into one static buffer; the later blocks run on it only.
@@ -112,6 +131,8 @@ def encode_video_pruned(
     packed = packing.pack(x.reshape(b, f * n, -1), plan)
     later = {d for d in depths if d > s.layer + 2}
     segments = {"frame_segments": plan.segment_ids, "frame_len": n, "frame_granule": layout.granule}
+    if key_bias is not None:
+        segments["frame_key_bias"] = packing.pack(key_bias[..., None], plan)[..., 0]
     _, packed_hidden = vit.run(packed, s.layer + 2, cfg.vit_depth, later, **segments)
     for d, h in packed_hidden.items():
         hidden[d] = packing.unpack(h, plan, f * n).reshape(b * f, n, -1)
