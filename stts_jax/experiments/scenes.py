@@ -37,16 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         digits="",
         answer_format="option",
     )
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "float32", "param_dtype": "float32"})
-    config.stts = ml_collections.ConfigDict(
-        {
-            "method": a.method,
-            "prune_ratio": a.prune_ratio,
-            "layer": 1 if a.variant == "tiny" else 3,
-            "aux_stop_gradient": True,  # no gradient from the auxiliary target into the ViT
-        }
-    )
+    config = synthetic.model_sections(a, aux_stop_gradient=True)  # no gradient from the aux target into the ViT
     config.data = ml_collections.ConfigDict(
         {
             "dataset": "scene_video_qa",

@@ -15,6 +15,22 @@ import ml_collections
 from stts_jax.train.experiment import parse_arg, train_section
 
 
+def model_sections(a: ml_collections.ConfigDict, aux_stop_gradient: bool) -> ml_collections.ConfigDict:
+    """config.model and config.stts of a generated-data experiment, from its arguments (variant, method,
+    prune_ratio): float32, the scorer after block 1 of `tiny`'s 5-block ViT, after block 3 otherwise."""
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "float32", "param_dtype": "float32"})
+    config.stts = ml_collections.ConfigDict(
+        {
+            "method": a.method,
+            "prune_ratio": a.prune_ratio,
+            "layer": 1 if a.variant == "tiny" else 3,
+            "aux_stop_gradient": aux_stop_gradient,
+        }
+    )
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(
         arg,
@@ -27,16 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         distractors=2,
         answer_format="letter",
     )
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict({"variant": a.variant, "dtype": "float32", "param_dtype": "float32"})
-    config.stts = ml_collections.ConfigDict(
-        {
-            "method": a.method,
-            "prune_ratio": a.prune_ratio,
-            "layer": 1 if a.variant == "tiny" else 3,
-            "aux_stop_gradient": False,  # True: no gradient from the auxiliary target into the ViT
-        }
-    )
+    config = model_sections(a, aux_stop_gradient=False)  # True: no gradient from the auxiliary target into the ViT
     config.data = ml_collections.ConfigDict(
         {
             "dataset": "synthetic_video_qa",
