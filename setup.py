@@ -4,7 +4,9 @@ from setuptools import find_packages, setup
 
 HF_REQUIRES = [
     "torch==2.13.0",
-    "transformers>=5.23.0",  # the first releases that ship Molmo2 as a native architecture
+    # 5.23: the first release with Molmo2 as a native architecture; 5.25 made video_token_pooling index each
+    # video's own patches (offsets added inside the model), which the parity inputs do not follow yet
+    "transformers>=5.23.0,<5.25",
     "safetensors>=0.6.0",
 ]
 
