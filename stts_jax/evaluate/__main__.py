@@ -23,6 +23,7 @@ from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.evaluate.multiple_choice import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
+from stts_jax.models.config import STTS_METHODS
 from stts_jax.train.checkpoint import RUN_CONFIG_FILE, restore_params, run_config, workdir_path
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ flags.DEFINE_string("checkpoint", None, "a training workdir or an exported direc
 flags.DEFINE_integer("step", None, "checkpoint step of a workdir (default: the latest)")
 config_flags.DEFINE_config_file("config", None, "experiment config for the data (default: the workdir's)")
 flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split to evaluate")
-flags.DEFINE_enum("method", None, ["none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames"], "pruning")
+flags.DEFINE_enum("method", None, list(STTS_METHODS), "pruning")
 flags.DEFINE_float("prune_ratio", None, "pruning ratio at inference (default: as trained)", lower_bound=0.0)
 flags.DEFINE_integer("frames", None, "frames per video at inference (default: as trained)", lower_bound=1)
 flags.DEFINE_bool("test_time_scaling", False, "raise the frames so kept tokens match the unpruned model's")
