@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from stts_jax import cli
@@ -23,6 +24,7 @@ from stts_jax.data.sources import source
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.evaluate.multiple_choice import SCORING, evaluate, markdown_table, scaled_data, scaled_frames
 from stts_jax.export.formats import load_export
+from stts_jax.models.config import STTS_METHODS
 from stts_jax.train.checkpoint import RUN_CONFIG_FILE, restore_params, run_config, workdir_path
 
 FLAGS = flags.FLAGS
@@ -30,15 +32,15 @@ flags.DEFINE_string("checkpoint", None, "a training workdir or an exported direc
 flags.DEFINE_integer("step", None, "checkpoint step of a workdir (default: the latest)")
 config_flags.DEFINE_config_file("config", None, "experiment config for the data (default: the workdir's)")
 flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split to evaluate")
-flags.DEFINE_enum("method", None, ["none", "random", "heuristic", "stts", "stts_no_aux", "fewer_frames"], "pruning")
+flags.DEFINE_enum("method", None, list(STTS_METHODS), "pruning")
 flags.DEFINE_float("prune_ratio", None, "pruning ratio at inference (default: as trained)", lower_bound=0.0)
 flags.DEFINE_integer("frames", None, "frames per video at inference (default: as trained)", lower_bound=1)
 flags.DEFINE_bool("test_time_scaling", False, "raise the frames so kept tokens match the unpruned model's")
 flags.DEFINE_enum("scoring", "generate", SCORING, "mode of the Markdown table (the JSON holds both)")
 flags.DEFINE_integer("limit", None, "evaluate the first N examples only", lower_bound=1)
 flags.DEFINE_integer("batch_size", 8, "rows per forward pass", lower_bound=1)
-flags.DEFINE_string("json", None, "write the results here")
-flags.DEFINE_string("markdown", None, "write the Markdown table here")
+flags.DEFINE_string("json", None, "write the results here (local or gs://)")
+flags.DEFINE_string("markdown", None, "write the Markdown table here (local or gs://)")
 
 CHECKPOINTS_DIR = "checkpoints"  # where stts_jax.train.checkpoint.manager keeps a run's steps
 WHAT_TO_PASS = (
@@ -104,11 +106,9 @@ def main(argv):
     print(table)
     print(f"accuracy: {', '.join(f'{m} {100 * a:.1f}%' for m, a in results['accuracy'].items())}")
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
+        epath.Path(FLAGS.json).write_text(json.dumps(results, indent=2))
     if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
-            f.write(table + "\n")
+        epath.Path(FLAGS.markdown).write_text(table + "\n")
 
 
 if __name__ == "__main__":
