@@ -6,6 +6,12 @@
 distinct clip decoded once (in worker processes), sampled as Molmo2 does, stored at model resolution
 with compressed frames (`clips.py`). Bad lines and unusable videos are skipped and counted by kind
 (`strict` raises instead); `REPORT_FILE` in the built dataset says what the build did.
+
+A data_dir on gs:// holds the same folders. array_record opens local files only, so each host works in its
+mirror of the data_dir (`stts_jax.storage.local_mirror`): a dataset is built there and uploaded, its
+`dataset_info.json` last (TFDS reads a folder without it as not built); a host that finds it in the bucket
+and not in its mirror copies it down once. A built dataset never changes (its name holds all that decides
+its content), so a mirror cannot go stale.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Callable
 
 import grain
 import numpy as np
@@ -27,6 +34,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from stts_jax import storage
 from stts_jax.data import scenes, synthetic
 from stts_jax.data.clips import ClipSettings, build_clip, decode_clip
 from stts_jax.data.manifest import Clip, Entry, SkipCounter, manifest_bytes, read_manifest
@@ -95,12 +103,54 @@ class SyntheticVideoQA(tfds.core.GeneratorBasedBuilder):
         yield from _generated_examples(synthetic.generate_example, self.builder_config.synthetic, split, count)
 
 
-def build_synthetic(data_dir: str, config: SyntheticBuilderConfig | None = None) -> SyntheticVideoQA:
-    builder = SyntheticVideoQA(
-        data_dir=data_dir, config=config or SyntheticBuilderConfig(name="default"), file_format="array_record"
-    )
-    builder.download_and_prepare()
+MakeBuilder = Callable[[str], tfds.core.DatasetBuilder]  # a builder of one dataset over a local data_dir
+DATASET_INFO = tfds.core.constants.DATASET_INFO_FILENAME  # TFDS counts a dataset folder without it as not built
+
+
+def _remote_folder(data_dir: str, builder: tfds.core.DatasetBuilder, local: str) -> str:
+    """Where the builder's dataset folder (local/name/config/version) lives in the remote data_dir."""
+    return f"{data_dir.rstrip('/')}/{builder.data_path.relative_to(local).as_posix()}"
+
+
+def _mirrored(make: MakeBuilder, data_dir: str) -> str:
+    """The local data_dir this host reads the dataset from: `data_dir` itself, or for a remote one this host's
+    mirror of it, into which the dataset is first copied if the bucket has it and the mirror does not."""
+    if not storage.is_remote(data_dir):
+        return data_dir
+    local = storage.local_mirror(data_dir)
+    builder = make(local)
+    remote = _remote_folder(data_dir, builder, local)
+    if not (builder.data_path / DATASET_INFO).exists() and storage.exists(f"{remote}/{DATASET_INFO}"):
+        storage.download(remote, os.fspath(builder.data_path))
+    return local
+
+
+def _prepared(make: MakeBuilder, data_dir: str) -> tfds.core.DatasetBuilder:
+    """The dataset built (or found built) in `data_dir`, local or remote; its builder over the local copy."""
+    local = _mirrored(make, data_dir)
+    builder = make(local)  # after the copy: a builder reads what is built when it is made
+    builder.download_and_prepare()  # nothing to do when it is there
+    if storage.is_remote(data_dir):
+        remote = _remote_folder(data_dir, builder, local)
+        if not storage.exists(f"{remote}/{DATASET_INFO}"):
+            storage.upload(os.fspath(builder.data_path), remote, last=[DATASET_INFO])
     return builder
+
+
+def _maker(cls: type[tfds.core.DatasetBuilder], config: tfds.core.BuilderConfig) -> MakeBuilder:
+    return lambda data_dir: cls(data_dir=data_dir, config=config, file_format="array_record")
+
+
+def open_split(cls: type[tfds.core.DatasetBuilder], data_dir: str, config: tfds.core.BuilderConfig, split: str):
+    """The `split` of the dataset `cls` / `config` built in data_dir (local or remote): random access (tfds
+    data source, no TensorFlow)."""
+    make = _maker(cls, config)
+    return make(_mirrored(make, data_dir)).as_data_source(split)
+
+
+def build_synthetic(data_dir: str, config: SyntheticBuilderConfig | None = None) -> SyntheticVideoQA:
+    """Builds the synthetic dataset `config` into data_dir (local or remote) unless it is there already."""
+    return _prepared(_maker(SyntheticVideoQA, config or SyntheticBuilderConfig(name="default")), data_dir)
 
 
 @dataclasses.dataclass
@@ -132,11 +182,8 @@ class SceneVideoQA(tfds.core.GeneratorBasedBuilder):
 
 
 def build_scenes(data_dir: str, config: SceneBuilderConfig | None = None) -> SceneVideoQA:
-    builder = SceneVideoQA(
-        data_dir=data_dir, config=config or SceneBuilderConfig(name="default"), file_format="array_record"
-    )
-    builder.download_and_prepare()
-    return builder
+    """Builds the scene dataset `config` into data_dir (local or remote) unless it is there already."""
+    return _prepared(_maker(SceneVideoQA, config or SceneBuilderConfig(name="default")), data_dir)
 
 
 # -- manifests of real videos ------------------------------------------------------------------------------
@@ -231,7 +278,7 @@ class ManifestSource:
     """A built manifest dataset's examples with their clip's frames and timestamps (`video`,
     `timestamps`): the records the pipeline reads. Random access; picklable (for grain workers)."""
 
-    def __init__(self, data_dir: str, name: str, split: str):
+    def __init__(self, data_dir: str, name: str, split: str):  # data_dir: a local folder
         self.examples = tfds.data_source(f"manifest_video_qa/{name}", data_dir=data_dir, split=split)
         folder = os.fspath(self.examples.dataset_info.data_dir)
         self.clips = grain.sources.ArrayRecordDataSource([os.path.join(folder, CLIPS_FILE)])
@@ -261,10 +308,9 @@ def manifest_dataset_name(prefix: str, split: str, manifest: str, settings: Clip
 
 @contextlib.contextmanager
 def _build_lock(data_dir: str, name: str):
-    """One builder at a time per dataset on this machine; the others wait and then reuse its result."""
-    if "://" in data_dir:  # object stores have no locks: multi-host runs build on process 0 only
-        yield
-        return
+    """One builder at a time per dataset on this machine; the others wait and then reuse its result. A remote
+    data_dir is locked in this host's mirror (object stores have no locks: multi-host runs build on process 0)."""
+    data_dir = storage.local_mirror(data_dir) if storage.is_remote(data_dir) else data_dir
     os.makedirs(data_dir, exist_ok=True)
     with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -274,12 +320,17 @@ def _build_lock(data_dir: str, name: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def open_manifest(data_dir: str, config: ManifestBuilderConfig) -> ManifestSource:
+    """The source of the manifest dataset `config` built in data_dir (local or remote)."""
+    return ManifestSource(_mirrored(_maker(ManifestVideoQA, config), data_dir), config.name, config.split)
+
+
 def build_manifest(data_dir: str, config: ManifestBuilderConfig) -> ManifestSource:
-    """Builds `config.manifest` into data_dir (named by `manifest_dataset_name`; reused when already
-    built) and returns its source. In strict mode a reused dataset whose build skipped lines is refused."""
+    """Builds `config.manifest` into data_dir (local or remote; named by `manifest_dataset_name`; reused when
+    already built) and returns its source. In strict mode a reused dataset whose build skipped lines is refused."""
     with _build_lock(data_dir, config.name):
-        ManifestVideoQA(data_dir=data_dir, config=config, file_format="array_record").download_and_prepare()
-    source = ManifestSource(data_dir, config.name, config.split)
+        _prepared(_maker(ManifestVideoQA, config), data_dir)
+    source = open_manifest(data_dir, config)
     skipped = source.report["skipped"]
     if config.strict and skipped:
         raise DataError(

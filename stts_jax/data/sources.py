@@ -18,14 +18,16 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.builders import (
     ManifestBuilderConfig,
-    ManifestSource,
     SceneBuilderConfig,
     SceneVideoQA,
     SyntheticBuilderConfig,
+    SyntheticVideoQA,
     build_manifest,
     build_scenes,
     build_synthetic,
     manifest_dataset_name,
+    open_manifest,
+    open_split,
 )
 from stts_jax.data.clips import ClipSettings, load_clip
 from stts_jax.data.manifest import Manifest, read_manifest
@@ -111,7 +113,7 @@ def manifest_source(config: ml_collections.ConfigDict, split: str):
         progress=data.get("progress", False),
     )
     _prepare_once(lambda: build_manifest(data.data_dir, builder))
-    return ManifestSource(data.data_dir, name, split)
+    return open_manifest(data.data_dir, builder)
 
 
 def synthetic_settings(data: ml_collections.ConfigDict) -> SyntheticConfig:
@@ -142,7 +144,7 @@ def synthetic_source(config: ml_collections.ConfigDict, split: str):
     name += "" if synthetic.max_distractors == default_distractors else f"_distractors{synthetic.max_distractors}"
     builder = SyntheticBuilderConfig(name=name, synthetic=synthetic, num_examples=counts)
     _prepare_once(lambda: build_synthetic(data.data_dir, builder))
-    return tfds.data_source(f"synthetic_video_qa/{name}", data_dir=data.data_dir, split=split)
+    return open_split(SyntheticVideoQA, data.data_dir, builder, split)
 
 
 def scene_settings(config: ml_collections.ConfigDict) -> SceneConfig:
@@ -179,7 +181,7 @@ def scene_source(config: ml_collections.ConfigDict, split: str):
     name += f"_{digest}"
     builder = SceneBuilderConfig(name=name, scenes=scenes, num_examples=counts)
     _prepare_once(lambda: build_scenes(data.data_dir, builder))
-    return tfds.data_source(f"scene_video_qa/{name}", data_dir=data.data_dir, split=split)
+    return open_split(SceneVideoQA, data.data_dir, builder, split)
 
 
 SOURCES = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from stts_jax import cli
@@ -38,8 +39,8 @@ flags.DEFINE_bool("test_time_scaling", False, "raise the frames so kept tokens m
 flags.DEFINE_enum("scoring", "generate", SCORING, "mode of the Markdown table (the JSON holds both)")
 flags.DEFINE_integer("limit", None, "evaluate the first N examples only", lower_bound=1)
 flags.DEFINE_integer("batch_size", 8, "rows per forward pass", lower_bound=1)
-flags.DEFINE_string("json", None, "write the results here")
-flags.DEFINE_string("markdown", None, "write the Markdown table here")
+flags.DEFINE_string("json", None, "write the results here (local or gs://)")
+flags.DEFINE_string("markdown", None, "write the Markdown table here (local or gs://)")
 
 CHECKPOINTS_DIR = "checkpoints"  # where stts_jax.train.checkpoint.manager keeps a run's steps
 WHAT_TO_PASS = (
@@ -105,11 +106,9 @@ def main(argv):
     print(table)
     print(f"accuracy: {', '.join(f'{m} {100 * a:.1f}%' for m, a in results['accuracy'].items())}")
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
+        epath.Path(FLAGS.json).write_text(json.dumps(results, indent=2))
     if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
-            f.write(table + "\n")
+        epath.Path(FLAGS.markdown).write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ flags.DEFINE_integer("step", None, "checkpoint step to export (default: the late
 flags.DEFINE_enum(
     "format", "hf", FORMATS, "hf: transformers Molmo2 folder (+ tokenizer, processor, scorer); orbax: params-only Orbax"
 )
-flags.DEFINE_string("out", None, "output directory (new or empty)")
+flags.DEFINE_string("out", None, "output directory (new or empty; local or gs://)")
 flags.DEFINE_enum("dtype", None, DTYPES, "cast floating params (both formats)")
 
 

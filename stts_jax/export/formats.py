@@ -8,7 +8,7 @@ the run's tokenizer and Molmo2's processor files (`AutoProcessor.from_pretrained
 and `generation_config.json`; beside them, ignored by transformers, the scorer under the authors' PyTorch names
 (`stts_scorer.safetensors`, stts_jax/convert/scorer.py) and the STTS settings (`stts_config.json`). `orbax`: a
 params-only Orbax checkpoint (scorer included) + `config.json` and `stts_config.json`. `load_export` reads either.
-An export is written whole or not at all (stts_jax/convert/folders.py).
+An export is written whole or not at all (stts_jax/convert/folders.py); --workdir and --out may be on gs://.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import os
 from typing import Any
 
 import ml_collections
+from etils import epath
 
+from stts_jax import storage
 from stts_jax.convert.folders import check_new_folder, new_folder
 from stts_jax.convert.hf import cast_floating, load_molmo2, save_molmo2
 from stts_jax.convert.hf_processor import TOKENIZER_FILE, ProcessorSource, save_processor
@@ -101,11 +103,27 @@ def export_run(workdir: str, out: str, fmt: str, step: int | None = None, dtype:
 
 
 def load_export(path: str, stts: STTSConfig | None = None, **runtime: Any) -> tuple[Molmo2Config, dict]:
-    """An exported directory (either format) -> (config, params). The STTS settings are the saved ones
-    unless `stts` replaces them (e.g. evaluate another method or ratio); the scorer is dropped when the
-    method does not use it. `runtime` sets run-time fields (dtype, attention_impl, ...)."""
-    if not os.path.isdir(path):
+    """An exported directory (either format; local or gs://) -> (config, params). The STTS settings are the
+    saved ones unless `stts` replaces them (e.g. evaluate another method or ratio); the scorer is dropped when
+    the method does not use it. `runtime` sets run-time fields (dtype, attention_impl, ...). A remote directory
+    is copied to a temporary local one first (safetensors reads local files)."""
+    if not epath.Path(path).is_dir():
         raise CheckpointError(f"{path} does not exist or is not a directory; pass a directory stts_jax.export wrote.")
+    with storage.local_copy(path) as local:
+        cfg, params, saved = _read_export(local, **runtime)
+    stts = saved if stts is None else stts
+    if stts.uses_scorer and "scorer" not in params:
+        raise CheckpointError(
+            f"{path} holds no STTS scorer, but stts.method={stts.method!r} needs one; evaluate with method "
+            "none / random / heuristic / fewer_frames, or export a run trained with the scorer."
+        )
+    if not stts.uses_scorer:
+        params = {k: v for k, v in params.items() if k != "scorer"}
+    return dataclasses.replace(cfg, stts=stts), params
+
+
+def _read_export(path: str, **runtime: Any) -> tuple[Molmo2Config, dict, STTSConfig]:
+    """(config, params, saved STTS settings) of a local exported directory."""
     saved = STTSConfig()
     stts_path = os.path.join(path, STTS_CONFIG_FILE)
     if os.path.exists(stts_path):
@@ -124,12 +142,4 @@ def load_export(path: str, stts: STTSConfig | None = None, **runtime: Any) -> tu
         cfg, params = load_molmo2(path, **runtime)
         if os.path.exists(os.path.join(path, SCORER_FILE)):
             params["scorer"] = load_scorer(os.path.join(path, SCORER_FILE), dataclasses.replace(cfg, stts=saved))
-    stts = saved if stts is None else stts
-    if stts.uses_scorer and "scorer" not in params:
-        raise CheckpointError(
-            f"{path} holds no STTS scorer, but stts.method={stts.method!r} needs one; evaluate with method "
-            "none / random / heuristic / fewer_frames, or export a run trained with the scorer."
-        )
-    if not stts.uses_scorer:
-        params = {k: v for k, v in params.items() if k != "scorer"}
-    return dataclasses.replace(cfg, stts=stts), params
+    return cfg, params, saved

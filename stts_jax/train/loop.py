@@ -321,6 +321,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
                 metrics, pending = report(pending), None
             if save:
                 checkpoint.save(mgr, step, state, iterator)
+                writer.upload()  # a gs:// workdir: the rows up to this checkpoint are in the bucket
             if due:
                 result, images, histograms = evaluate(state.params)
                 writer.write(step, result, "validation")

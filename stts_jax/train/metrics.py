@@ -6,7 +6,7 @@ run's hyperparameters; `metrics.jsonl` holds the same scalars, one line per logg
 `train/...` or `validation/...`. A resumed run first drops the rows of steps after the checkpoint it
 resumed from (they are computed again) and purges them from TensorBoard (`purge_step`): no step is
 ever listed twice. On a gs:// workdir (object stores cannot append) both files are written locally and
-uploaded whole every `upload_seconds` and at close.
+uploaded whole every `upload_seconds`, with every checkpoint (`upload`) and at close.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class MetricsWriter:
             flush_secs=30,
             filename_suffix=f".from_step_{start_step:010d}",
         )
-        if self.remote and kept != rows:
-            self._upload()
+        if kept != rows:
+            self.upload()
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str) -> None:
         """Scalars of one step under `prefix/` (e.g. "train", "validation"); NaN (unknown) is left out."""
@@ -94,15 +94,19 @@ class MetricsWriter:
         for summary in hparams(dict(values), dict.fromkeys(metric_tags, 0.0)):
             self._events._get_file_writer().add_summary(summary)
 
-    def _maybe_upload(self) -> None:
-        if self.remote and time.monotonic() - self.uploaded > self.upload_seconds:
-            self._upload()
-
-    def _upload(self) -> None:
+    def upload(self) -> None:
+        """On a gs:// workdir, both files as written so far to the workdir now; the loop calls it with every
+        checkpoint, so a run killed after one resumes with every row up to it. Locally nothing to do."""
+        if not (self.enabled and self.remote):
+            return
         self._events.flush()
         self._jsonl.flush()
         self._copy_files()
         self.uploaded = time.monotonic()
+
+    def _maybe_upload(self) -> None:
+        if self.remote and time.monotonic() - self.uploaded > self.upload_seconds:
+            self.upload()
 
     def _copy_files(self) -> None:
         """Every local file, whole, to the workdir (an object is replaced in one piece)."""
