@@ -4,9 +4,9 @@ from setuptools import find_packages, setup
 
 HF_REQUIRES = [
     "torch==2.13.0",
-    # 5.23: the first release with Molmo2 as a native architecture; 5.25 made video_token_pooling index each
-    # video's own patches (offsets added inside the model), which the parity inputs do not follow yet
-    "transformers>=5.23.0,<5.25",
+    # 5.25: video_token_pooling indexes each video's own patches (the model adds the offsets of the videos
+    # before it), as convert.reference writes it and convert.hf.batch_from_hf_inputs reads it
+    "transformers>=5.25.0",
     "safetensors>=0.6.0",
 ]
 

@@ -30,6 +30,20 @@ def test_logits_match_transformers(tiny_hf):
     assert np.abs(theirs).max() > 0.1  # a non-degenerate model
 
 
+def test_pooling_indices_counted_over_all_videos_are_refused(tiny_hf):
+    """transformers < 5.25 numbered every video's pooling windows over the patches of all videos; read as
+    5.25's per-video indices they would point past the row's frames, so the conversion refuses them."""
+    _, _, path = tiny_hf
+    loaded_cfg, _ = load_molmo2(path)
+    inputs = video_prompt(loaded_cfg, frames_per_row=[3, 2])
+    first_tokens = int(np.prod(inputs["video_grids"][0]))  # frames x pooled rows x pooled cols
+    pooling = inputs["video_token_pooling"].copy()
+    second = pooling[first_tokens:]
+    pooling[first_tokens:] = np.where(second >= 0, second + 3 * loaded_cfg.vision.num_patches, -1)
+    with pytest.raises(ValueError, match="video_token_pooling of video 1"):
+        batch_from_hf_inputs(loaded_cfg, {**inputs, "video_token_pooling": pooling})
+
+
 def test_vision_tower_and_connector_match(tiny_hf):
     from stts_jax.vlm.model import Molmo2
 

@@ -325,9 +325,10 @@ def batch_from_hf_inputs(cfg: Molmo2Config, inputs: Mapping[str, Any]) -> VideoB
     """Our `VideoBatch` from the dict transformers' Molmo2 processor returns for video prompts.
 
     Expects `input_ids`, `pixel_values_videos` [all frames, patches, patch_dim], `video_token_pooling`
-    [all tokens, window] (indices over all frames), `video_grids` [videos, 3] and optionally
-    `attention_mask`. Row r holds the r-th video, as transformers fills placeholders in order.
-    Positions are 0..len-1 as in transformers' forward without `position_ids`.
+    [all tokens, window] (each video's rows index that video's own patches, as transformers >= 5.25
+    writes them), `video_grids` [videos, 3] and optionally `attention_mask`. Row r holds the r-th video,
+    as transformers fills placeholders in order. Positions are 0..len-1 as in transformers' forward
+    without `position_ids`.
     """
     input_ids = np.asarray(inputs["input_ids"], np.int32)
     b, s = input_ids.shape
@@ -351,7 +352,13 @@ def batch_from_hf_inputs(cfg: Molmo2Config, inputs: Mapping[str, Any]) -> VideoB
     for r in range(b):
         pixel_rows[r, : frames[r]] = pixels[frame_start[r] : frame_start[r] + frames[r]]
         window = pooling[token_start[r] : token_start[r] + tokens[r]]
-        pooling_rows[r, : tokens[r]] = np.where(window >= 0, window - frame_start[r] * n, -1)
+        if window.max(initial=-1) >= frames[r] * n:
+            raise ValueError(
+                f"video_token_pooling of video {r} reaches patch {window.max()}, past its {frames[r]} frames x {n} "
+                "patches: the indices count over all videos, as transformers < 5.25 wrote them. Make them count "
+                "from each video's first patch (transformers >= 5.25's processor does)."
+            )
+        pooling_rows[r, : tokens[r]] = np.where(window >= 0, window, -1)
     return VideoBatch(
         input_ids=jnp.asarray(input_ids),
         segment_ids=jnp.asarray(mask),

@@ -35,14 +35,15 @@ def video_prompt(cfg: Molmo2Config, frames_per_row: list[int], seed: int = 0) ->
     """Inputs in the format of transformers' Molmo2 processor, one random video per row.
 
     Per frame: two timestamp tokens, <frame_start>, one placeholder per pooling window, <frame_end>;
-    then a question. Rows are left-padded to a common length, as for batched generation.
+    then a question. Rows are left-padded to a common length, as for batched generation. Each video's
+    `video_token_pooling` rows index its own patches (transformers >= 5.25 adds the offsets of the videos
+    before it from `video_grids`).
     """
     rng = np.random.default_rng(seed)
     rows, cols = cfg.vision.patch_grid
     windows = pooling_windows(rows, cols)
     win_rows, win_cols = -(-rows // 3), -(-cols // 3)
     sequences, pixels, pooling, grids = [], [], [], []
-    frame_offset = 0
     for frames in frames_per_row:
         ids = [1] + list(rng.integers(3, cfg.text.vocab_size, size=4))
         for _ in range(frames):
@@ -51,9 +52,7 @@ def video_prompt(cfg: Molmo2Config, frames_per_row: list[int], seed: int = 0) ->
         ids += list(rng.integers(3, cfg.text.vocab_size, size=int(rng.integers(5, 9))))
         sequences.append(ids)
         pixels.append(rng.normal(size=(frames, rows * cols, cfg.vision.patch_dim)).astype(np.float32))
-        idx = video_pooling_indices(frames, rows, cols)
-        pooling.append(np.where(idx >= 0, idx + frame_offset * rows * cols, -1))
-        frame_offset += frames
+        pooling.append(video_pooling_indices(frames, rows, cols))
         grids.append([frames, win_rows, win_cols])
     length = max(map(len, sequences))
     input_ids = np.zeros((len(sequences), length), np.int64)
