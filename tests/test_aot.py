@@ -164,6 +164,7 @@ def test_bad_topologies_and_meshes_name_the_fix():
         aot_programs.run(config, "v5e:2x2")
 
 
+@pytest.mark.slow  # 35 s; the splash train-step compile stays in the default suite
 def test_a_cost_only_report_prices_the_step_without_judging_its_memory():
     w, mesh, chip = tiny_on_slice()
     report = aot_programs.train_report(w, mesh, chip, cost="scan", memory=False)

@@ -26,6 +26,7 @@ def test_greedy_generation_matches_transformers(tiny_hf):
     assert len(np.unique(expected)) > 2  # the continuation is not a constant
 
 
+@pytest.mark.slow  # 32 s
 def test_the_prefill_runs_the_lm_head_on_the_last_tokens_only():
     """Molmo2.prefill gives the full forward's logits after each row's last token, and its program holds no
     [batch, seq, vocab] array (24k tokens x Qwen3's vocabulary would be 14 GiB in float32)."""

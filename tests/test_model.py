@@ -69,6 +69,7 @@ def test_forward_compiles_once_per_shape():
         forward(params, random_batch(cfg, rng, seq=48))
 
 
+@pytest.mark.slow  # 39 s
 def test_scan_unrolled_and_remat_agree():
     base = get_config("tiny")
     batch = random_batch(base, np.random.default_rng(1))

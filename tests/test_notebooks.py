@@ -12,10 +12,10 @@ sys.path.insert(0, os.path.join(ROOT, "notebooks"))
 from build import SOURCES, execute  # noqa: E402
 
 
-# ablation.py trains a tiny sweep (about a minute): run on demand with -m slow, like notebooks/build.py
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "ablation.py" else n for n in SOURCES]
-)
+# each trains or runs a model (ablation.py a tiny sweep, about a minute; scores.py ~45 s): run on demand with
+# -m slow, like notebooks/build.py
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SOURCES)
 def test_notebook_executes_and_draws(name, tmp_path, monkeypatch):
     monkeypatch.setenv("STTS_RUN", str(tmp_path / "no_run"))  # no trained run / sweep: tiny ones are made
     monkeypatch.setenv("STTS_SWEEP", str(tmp_path / "no_sweep"))

@@ -116,6 +116,7 @@ def data_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # 116 s; test_train_loop's kill -9 restart and SIGINT tests stay in the default suite
 def test_sigterm_then_restart_equals_the_uninterrupted_run(data_dir, tmp_path):
     """SIGTERM after the first logged step: exit 143 with a checkpoint of the last finished step; the same
     command resumes from exactly that step; state and per-step metrics equal an uninterrupted run."""

@@ -47,6 +47,7 @@ def test_axes_that_do_not_divide_are_dropped_not_failed():
     assert spec_for((63, 48), ("embed", "mlp"), mesh) == jax.sharding.PartitionSpec(None, "tensor")
 
 
+@pytest.mark.slow  # 40 s
 def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "remesh_run.py")
     run = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=900)

@@ -38,7 +38,7 @@ def _forward(cfg):
     return jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))
 
 
-@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("ratio", [pytest.param(0.3, marks=pytest.mark.slow), 0.5, 0.7])
 def test_kept_windows_equal_the_stts_budget(params, ratio):
     cfg = tome_config(prune_ratio=ratio)
     forward = _forward(cfg)
