@@ -43,6 +43,12 @@ BAD_LINES = {  # what a user's manifest holds -> the kind it is counted as
     "duplicate id": (GOOD, "duplicate id"),
     "parent folder": (GOOD | {"id": "p1", "video": "../other/a.mp4"}, "path outside manifest"),
     "absolute path": (GOOD | {"id": "p2", "video": "/tmp/a.mp4"}, "path outside manifest"),
+    "subtitles a string": (GOOD | {"id": "s1", "subtitles": "0.5 - 1.5 hello"}, "bad subtitles"),
+    "subtitle without text": (GOOD | {"id": "s2", "subtitles": [[0.5, 1.5]]}, "bad subtitles"),
+    "subtitle text a number": (GOOD | {"id": "s3", "subtitles": [[0.5, 1.5, 7]]}, "bad subtitles"),
+    "subtitle ends first": (GOOD | {"id": "s4", "subtitles": [[2.0, 1.5, "hi"]]}, "bad subtitles"),
+    "subtitle time text": (GOOD | {"id": "s5", "subtitles": [["0:01", 1.5, "hi"]]}, "bad subtitles"),
+    "subtitle time negative": (GOOD | {"id": "s6", "subtitles": [[-1, 1.5, "hi"]]}, "bad subtitles"),
 }
 
 
@@ -73,6 +79,19 @@ def test_a_byte_order_mark_keeps_the_first_line_and_paths_can_be_allowed_outside
     assert [e.id for e in read_manifest(str(manifest)).entries] == ["ok"]
     entries = read_manifest(str(manifest), allow_outside=True).entries
     assert [e.clip.path for e in entries] == [str(tmp_path / "videos/a.mp4"), str(tmp_path.parent / "other/a.mp4")]
+
+
+def test_subtitles_are_kept_by_span_and_stored_exactly(tmp_path):
+    """A track keeps Molmo2's order and keying (a repeated span: its first place, its last text); the record holds
+    it as JSON text that gives back the same floats (float32 would print 0.15 as "0.2", Molmo2 prints "0.1")."""
+    from stts_jax.data.subtitles import Subtitle, decode_track
+
+    track = [[0.15, 1, "first"], [3, 4.5, "second"], [0.15, 1.0, "first, corrected"]]
+    manifest = write_lines(tmp_path / "m.jsonl", [GOOD | {"subtitles": track}, GOOD | {"id": "none"}])
+    with_track, without = read_manifest(manifest).entries
+    assert with_track.subtitles == (Subtitle(0.15, 1.0, "first, corrected"), Subtitle(3.0, 4.5, "second"))
+    assert decode_track(with_track.question_fields()["subtitles"]) == with_track.subtitles
+    assert without.subtitles == () and decode_track(without.question_fields()["subtitles"]) == ()
 
 
 def test_a_manifest_without_one_usable_line_says_so(tmp_path):
@@ -278,3 +297,39 @@ def test_a_split_without_its_manifest_names_the_config_field(tmp_path, videos):
     for split, field in (("validation", "eval_manifest"), ("test", "test_manifest")):
         with pytest.raises(ConfigError, match=f"set --config.data.{field}=PATH.jsonl"):
             split_source(config, split)
+
+
+def test_subtitles_reach_the_batch_after_the_frames_for_the_frames_each_run_samples(tmp_path):
+    """A manifest line with subtitles, built or read on the fly: the packed batch holds Molmo2's subtitle text
+    for the frames sampled, between the last <frame_end> and the user turn; more frames show more lines with no
+    new manifest; the subtitle tokens count against llm_seq_len like the rest of the prompt."""
+    from test_prompt import between_frames_and_user_turn, byte_tokenizer
+
+    from stts_jax.data.pipeline import PipelineConfig, Preprocess, make_dataset
+    from stts_jax.models import get_config
+
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "talk.mp4", np.arange(10.0), size=(32, 32), gop=5)  # frames at 0, 1, ..., 9 s
+    track = [[0.5, 1.5, "hello there"], [4.0, 5.0, "middle line"], [8.5, 9.5, "goodbye"]]
+    manifest = write_lines(tmp_path / "m.jsonl", [GOOD | {"video": "videos/talk.mp4", "subtitles": track}])
+    cfg, tokenizer = get_config("tiny"), byte_tokenizer()
+    p = PipelineConfig(batch_size=1, max_frames=8, llm_seq_len=600, max_videos_per_row=1, repeat=False, shuffle=False)
+
+    def shown(source) -> str:
+        (batch,) = list(make_dataset(source, cfg, p, tokenizer)[0])
+        return between_frames_and_user_turn(tokenizer, cfg, batch["input_ids"][0])
+
+    two = "subtitle\n0.5 - 1.5 hello there\n8.5 - 9.5 goodbye\n"  # frames at 0 and 9 s: 4-5 s is near neither
+    stored = build(tmp_path / "data", manifest, clips={"max_frames": 2})
+    assert shown(stored) == two
+    size = cfg.vision.image_size[0]
+    assert shown(OnTheFlySource(read_manifest(manifest), ClipSettings(max_frames=2, image_size=size))) == two
+    four = OnTheFlySource(read_manifest(manifest), ClipSettings(max_frames=4, image_size=size))  # 0, 3, 6, 9 s
+    assert shown(four) == "subtitle\n0.5 - 1.5 hello there\n4.0 - 5.0 middle line\n8.5 - 9.5 goodbye\n"
+
+    record = stored[0]
+    plain = record | {"subtitles": "[]"}
+    times = [float(t) for t in record["timestamps"]]
+    fits_without = len(Preprocess(cfg, p, tokenizer).prompt(plain, times)["input_ids"])
+    tight = Preprocess(cfg, PipelineConfig(max_frames=8, llm_seq_len=fits_without), tokenizer)
+    assert tight(plain) is not None and tight(record) is None and dict(tight.skipped) == {"too long": 1}

@@ -4,7 +4,8 @@
 `SceneVideoQA`: the procedural set of `scenes.py` (photographs, a moving camera, local answers), the same way.
 `ManifestVideoQA`: one split of any video-QA set written as a JSONL manifest (`manifest.py`), each
 distinct clip decoded once (in worker processes), sampled as Molmo2 does, stored at model resolution
-with compressed frames (`clips.py`). Bad lines and unusable videos are skipped and counted by kind
+with compressed frames (`clips.py`); each question keeps its subtitle track whole, so the prompt picks the
+lines near whatever frames a run samples. Bad lines and unusable videos are skipped and counted by kind
 (`strict` raises instead); `REPORT_FILE` in the built dataset says what the build did.
 
 A data_dir on gs:// holds the same folders. array_record opens local files only, so each host works in its
@@ -215,11 +216,15 @@ def _imap(fn, jobs: list, workers: int):
 class ManifestVideoQA(tfds.core.GeneratorBasedBuilder):
     """Video QA from a JSONL manifest: the examples here, each distinct clip once in `CLIPS_FILE`."""
 
-    VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"2.0.0": "clips stored once, at model resolution, frames compressed; one split per dataset"}
+    VERSION = tfds.core.Version("2.1.0")
+    RELEASE_NOTES = {
+        "2.0.0": "clips stored once, at model resolution, frames compressed; one split per dataset",
+        "2.1.0": "subtitles: the line's subtitle track",
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return _qa_info(self, clip=np.int64)  # clip: the record in CLIPS_FILE
+        # clip: the record in CLIPS_FILE; subtitles: the track as JSON text (`subtitles.encode_track`)
+        return _qa_info(self, clip=np.int64, subtitles=tfds.features.Text())
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config

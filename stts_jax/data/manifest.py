@@ -2,8 +2,10 @@
 
 A line is `{"id", "video" (a path relative to the manifest's folder), "question", "options" (a list of
 strings, optional), "answer" (an index into the options, or free text without them), "start"/"end"
-(seconds, optional), "family" (optional)}`. A line that cannot be used is skipped and counted by kind,
-with a warning naming `file:line` (`strict` raises instead); nothing is guessed.
+(seconds, optional), "family" (optional), "subtitles" (optional: `[[start, end, text], ...]`, seconds on the
+video's own time line like start/end; the prompt shows those near the sampled frames, `subtitles.py`)}`.
+A line that cannot be used is skipped and counted by kind, with a warning naming `file:line` (`strict`
+raises instead); nothing is guessed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import Counter
 import numpy as np
 from etils import epath
 
+from stts_jax.data.subtitles import Track, encode_track, parse_track
 from stts_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,11 @@ class Entry:
     answer: int
     answer_text: str
     family: str
+    subtitles: Track = ()  # by span (`subtitles.by_span`); empty: none
 
     def question_fields(self) -> dict:
-        """The fields of a stored or on-the-fly record that come from the line (all but the video)."""
+        """The fields of a stored or on-the-fly record that come from the line (all but the video); the
+        subtitles as JSON text (`subtitles.encode_track`)."""
         return {
             "id": self.id,
             "question": self.question,
@@ -57,6 +62,7 @@ class Entry:
             "answer": np.int32(self.answer),
             "answer_text": self.answer_text,
             "family": self.family,
+            "subtitles": encode_track(self.subtitles),
         }
 
 
@@ -140,6 +146,10 @@ def parse_line(line: str, where: str, manifest: str, allow_outside: bool = False
     if not isinstance(family, str):
         raise bad(f"family must be a string, got {family!r}")
     try:
+        subtitles = parse_track([] if record.get("subtitles") is None else record["subtitles"])
+    except ValueError as e:
+        raise bad(str(e), "bad subtitles") from e
+    try:
         path = resolve_video(manifest, video, allow_outside)
     except DataError as e:
         raise bad(str(e), e.kind) from e
@@ -152,6 +162,7 @@ def parse_line(line: str, where: str, manifest: str, allow_outside: bool = False
         answer=answer if options else -1,
         answer_text=options[answer] if options else answer,
         family=family,
+        subtitles=subtitles,
     )
 
 

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.prompt import video_prompt
+from stts_jax.data.subtitles import decode_track
 from stts_jax.errors import ConfigError, DataError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.stts import budget
@@ -118,10 +119,12 @@ class Preprocess:
         return frames, [float(t) for t in times]
 
     def prompt(self, example: dict, times: list[float], with_answer: bool = True) -> dict:
-        """Token ids and answer targets of the example's prompt (without the answer for evaluation)."""
+        """Token ids and answer targets of the example's prompt (without the answer for evaluation); a manifest
+        example's subtitles are shown for the frames at `times`, the ones the prompt prints."""
         options = [as_text(o) for o in example["options"]]
         answer = int(example["answer"]) if options else as_text(example["answer_text"])
         question = as_text(example["question"])
+        subtitles = decode_track(as_text(example["subtitles"])) if "subtitles" in example else ()
         return video_prompt(
             self.tokenizer,
             self.cfg,
@@ -131,6 +134,7 @@ class Preprocess:
             options,
             answer if with_answer else None,
             self.p.answer_format,
+            subtitles,
         )
 
     def __call__(self, example: dict) -> dict | None:

@@ -2,9 +2,11 @@
 
 Layout (transformers' Molmo2Processor + chat template): <|endoftext|>, then per frame "t.t " (a
 space before every frame but the first), <frame_start>, one placeholder per pooling window,
-<frame_end>; then "<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n" and, for
-training, the answer followed by <|im_end|>. Text segments are tokenised separately between the
-special tokens, as the Hugging Face tokenizer does around special tokens.
+<frame_end>; then, for a video with subtitles, Molmo2's subtitle text for those frames' times
+(`subtitles.subtitle_text`: "subtitle\\n" and the lines near a frame); then
+"<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n" and, for training, the answer
+followed by <|im_end|>. Text segments are tokenised separately between the special tokens, as the
+Hugging Face tokenizer does around special tokens (Molmo2 tokenises its subtitle text on its own too).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from stts_jax.data.subtitles import Subtitle, subtitle_text
 from stts_jax.data.tokenizer import token_id
 from stts_jax.errors import ConfigError
 from stts_jax.models.config import Molmo2Config
@@ -62,14 +65,17 @@ def video_prompt(
     options: Sequence[str] | None = None,
     answer: int | str | None = None,
     answer_format: str = "letter",
+    subtitles: Sequence[Subtitle] = (),
 ) -> dict[str, np.ndarray]:
-    """Token ids [L] int32 and target mask [L] (1 on the answer and its closing <|im_end|>)."""
+    """Token ids [L] int32 and target mask [L] (1 on the answer and its closing <|im_end|>); `subtitles` are
+    the video's track, shown as Molmo2 shows them for frames at `timestamps`."""
     text = lambda s: tokenizer.encode(s, add_special_tokens=False).ids
     bos, start, end = (token_id(tokenizer, t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
     ids = [bos]
     for i, t in enumerate(timestamps):
         ids += text((" " if i else "") + f"{t:.1f} ")
         ids += [cfg.frame_start_token_id] + [cfg.image_patch_id] * windows_per_frame + [cfg.frame_end_token_id]
+    ids += text(subtitle_text(subtitles, timestamps))
     ids += [start] + text("user\n" + format_question(question, options)) + [end]
     ids += text("\n") + [start] + text("assistant\n")
     targets = [0] * len(ids)
