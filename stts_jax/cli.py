@@ -22,6 +22,23 @@ flags.DEFINE_bool("verbose", False, "log Orbax, grain and TFDS at INFO (off by d
 INPUT_ERRORS = (AOTError, CheckpointError, ConfigError, DataError, TrainingError, OSError)
 
 
+def define_process_flags() -> None:
+    """The flags of a command that runs as one of several processes: --coordinator / --num_processes /
+    --process_id (local multi-process runs), --distributed (auto-detection on TPU pods)."""
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 for jax.distributed (local multi-process runs)")
+    flags.DEFINE_integer("num_processes", None, "processes in the run (with --coordinator)", lower_bound=1)
+    flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)", lower_bound=0)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods)")
+
+
+def distributed_where() -> dict | None:
+    """The arguments of jax.distributed.initialize those flags ask for ({} on a pod), None for one process."""
+    f = flags.FLAGS
+    if f.coordinator:
+        return dict(coordinator_address=f.coordinator, num_processes=f.num_processes, process_id=f.process_id)
+    return {} if f.distributed else None
+
+
 def _quiet_libraries() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     # TFDS warns with the whole builder config of every dataset it builds, twice

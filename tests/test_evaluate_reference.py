@@ -23,6 +23,7 @@ from conftest import ROOT, stts_batch, synthetic_config
 
 from stts_jax.data.synthetic import SyntheticConfig
 from stts_jax.data.tokenizer import synthetic_tokenizer, token_id
+from stts_jax.evaluate import multiple_choice
 from stts_jax.evaluate.multiple_choice import evaluate, scaled_frames
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
@@ -257,6 +258,28 @@ def test_an_empty_split_is_named(tokenizer):
         evaluate(cfg, {}, Records([]), tokenizer, progress=False)
     with pytest.raises(ValueError, match="the evaluation split is empty"):
         evaluate(cfg, {}, Records([record(*EXAMPLES[0], seed=0)]), tokenizer, limit=0, progress=False)
+
+
+def test_examples_are_read_as_the_batches_need_them(tokenizer, monkeypatch):
+    """A host holds one batch's frames, not the split's: by the k-th forward pass, only the first k batches'
+    records have been read (a benchmark of thousands of 64-frame videos would not fit in host memory)."""
+    reads, seen = [], []
+
+    class Counted(Records):
+        def __getitem__(self, index):
+            reads.append(index)
+            return super().__getitem__(index)
+
+    def fake_generate_and_score(cfg, params, batch, candidates, max_new_tokens):
+        seen.append(len(reads))
+        rows = candidates.shape[0]
+        return np.zeros((rows, max_new_tokens), np.int32), np.zeros(candidates.shape[:2], np.float32)
+
+    monkeypatch.setattr(multiple_choice, "generate_and_score", fake_generate_and_score)
+    source = Counted([record(*example, seed=i) for i, example in enumerate(EXAMPLES)])
+    results = evaluate(model_config("none"), {}, source, tokenizer, batch_size=1, progress=False)
+    assert results["examples"] == len(EXAMPLES)
+    assert seen == [1, 2, 3]
 
 
 # --- test-time scaling in the model's windows per frame -------------------------------------------

@@ -54,5 +54,8 @@ def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:
             f"{params_path} holds params of another model shape than {path}/config.json describes "
             "(different sizes or layers); use the config.json saved with these params."
         )
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+    # onto this process's first device, not the sharding saved with the params (another process's device in a
+    # multi-process run, where restoring onto it fails on every process but one and the others wait in Orbax)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
     return cfg, checkpointer.restore(params_path, target)

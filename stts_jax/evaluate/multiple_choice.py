@@ -1,12 +1,18 @@
-"""Multiple-choice video-QA evaluation, per question family, and test-time scaling of the frame count.
+"""Multiple-choice and yes/no video-QA evaluation, per question family, and test-time scaling of the frame count.
 
-Two scoring modes, selectable: `generate` (greedy decoding with the KV cache; the generated answer,
-up to <|im_end|>, must be exactly the correct option's answer) and `likelihood` (the option whose
-answer tokens have the highest log-likelihood after the prompt, teacher-forced through the cache).
-The answer is the option's letter (Molmo2's format) or its words (`answer_format="option"`). Both
-modes read one prefill, so with single-token letters they pick the same option wherever generation
-gives a letter. One example per row; pruning runs exactly as in training, with the method and ratio
-of the model config, which the caller may set apart from training's.
+Two scoring modes, both always computed: `generate` (greedy decoding with the KV cache for up to
+`max_new_tokens` tokens, the text up to <|im_end|> read by `benchmarks.answers.extract_choice` -- a letter,
+"The answer is (B)", the option's words -- or, for a free-text yes/no answer, by `extract_yes_no`) and
+`likelihood` (the option whose answer tokens have the highest log-likelihood after the prompt,
+teacher-forced through the cache; for yes/no, "yes" against "no", each as the log-sum-exp over its
+spellings "yes" / "Yes"). The answer is the option's letter (Molmo2's format) or its words
+(`answer_format="option"`). Both modes read one prefill, so a model that answers with the letter alone
+picks the same option in both. One example per row; pruning runs exactly as in training, with the method
+and ratio of the model config, which the caller may set apart from training's.
+
+Sharding: each process evaluates its slice of the examples (every `process_count`-th), its rows split
+over its local devices (the parameters replicated on each); the predictions are gathered on every process
+at the end, so the returned results are the whole split's.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections import defaultdict
-from collections.abc import Sequence
+import itertools
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -23,8 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tokenizers import Tokenizer
 
+from stts_jax.benchmarks.answers import LABELS, extract_choice, extract_yes_no
 from stts_jax.data.frames import normalize, patchify, resize
 from stts_jax.data.pipeline import PipelineConfig, Preprocess, as_text
 from stts_jax.data.prompt import answer_text, encode_answer
@@ -38,6 +49,8 @@ from stts_jax.vlm.model import Molmo2, VideoBatch
 from stts_jax.windows import pooling_windows, windows_per_frame
 
 SCORING = ("generate", "likelihood")
+MAX_NEW_TOKENS = 16  # generated tokens read per answer: room for "The answer is (B)." (lmms-eval's default too)
+YES_NO = ("yes", "no")  # the choices of a free-text yes/no answer (TempCompass' yes_no task)
 
 
 def frames_for_equal_tokens(prune_ratio: float, base_frames: int, windows: int = 81) -> int:
@@ -86,13 +99,54 @@ def scaled_data(config: ml_collections.ConfigDict, frames: int | None, split: st
 @dataclasses.dataclass
 class _Example:
     index: int
+    id: str
     family: str
-    answer: int
-    options: list[list[int]]  # token ids of each option's answer (its letter or its words)
+    options: tuple[str, ...]  # the options' words; none for a free-text yes/no answer
+    answer: int  # index into `options`, or into YES_NO without options
+    candidates: list[list[int]]  # token ids of each scored continuation (an option's letter or words; "yes", "Yes")
+    candidate_choices: list[int]  # the choice each candidate stands for
     input_ids: np.ndarray  # [L] the prompt without the answer
     pixels: np.ndarray  # [T, patches, patch_dim] uint8
     vision_tokens: int  # LLM vision tokens after pruning
     objects: np.ndarray | None  # [T, windows] bool: the window shows an asked-about object (procedural sets)
+
+    @property
+    def yes_no(self) -> bool:
+        return not self.options
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.options or YES_NO
+
+
+def label(choice: int, yes_no: bool) -> str | None:
+    """How a choice is written in predictions: the option's letter, or "yes" / "no"; None for no choice (-1)."""
+    if choice < 0:
+        return None
+    return YES_NO[choice] if yes_no else LABELS[choice]
+
+
+def read_generation(text: str, options: Sequence[str]) -> int:
+    """The choice a generated answer names, -1 for none: an index into `options` by `extract_choice` (the option's
+    letter, "The answer is (B)", its words, ...), or without options (a free-text yes/no answer) into YES_NO by
+    `extract_yes_no`."""
+    if not options:
+        word = extract_yes_no(text)
+        return -1 if word is None else YES_NO.index(word)
+    chosen = extract_choice(text, options)
+    return -1 if chosen is None else chosen
+
+
+def _yes_no_candidates(tokenizer: Tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Each spelling of "yes" and "no" a model may answer with, as token ids (one per distinct encoding)."""
+    candidates, choices = [], []
+    for choice, word in enumerate(YES_NO):
+        for spelling in (word, word.capitalize()):
+            ids = encode_answer(tokenizer, spelling)
+            if ids not in candidates:
+                candidates.append(ids)
+                choices.append(choice)
+    return candidates, choices
 
 
 def object_windows(masks: np.ndarray, cfg: Molmo2Config, targets: np.ndarray | None = None) -> np.ndarray:
@@ -110,37 +164,57 @@ def object_windows(masks: np.ndarray, cfg: Molmo2Config, targets: np.ndarray | N
 
 
 def _examples(
-    source, cfg: Molmo2Config, tokenizer: Tokenizer, limit: int | None, answer_format: str = "letter"
-) -> tuple[list[_Example], dict[str, int]]:
-    """The examples to evaluate, and the count by kind of those whose video could not be used (skipped)."""
+    source,
+    cfg: Molmo2Config,
+    tokenizer: Tokenizer,
+    limit: int | None,
+    answer_format: str = "letter",
+    shard: tuple[int, int] = (0, 1),
+    skipped: Counter | None = None,
+) -> Iterator[_Example]:
+    """The examples of shard `shard` = (index, count) (every count-th of the first `limit`) to evaluate, read one
+    at a time (a host holds the frames of one batch, not of the split); those skipped are counted by kind into
+    `skipped`: a video that could not be used, a free-text answer other than yes / no."""
     pipeline = PipelineConfig(max_frames=1 << 30, llm_seq_len=1 << 30, answer_format=answer_format)
     preprocess = Preprocess(cfg, pipeline, tokenizer)
     windows = windows_per_frame(cfg)
     ratio = cfg.stts.prune_ratio if cfg.stts.prunes else 0.0
-    examples = []
-    for index in range(len(source) if limit is None else min(limit, len(source))):
+    yes_no = None
+    for index in range(shard[0], len(source) if limit is None else min(limit, len(source)), shard[1]):
         record = source[index]
         if "error" in record:  # a video the on-the-fly source could not use
             preprocess._skip(record, *record["error"])
             continue
-        if not len(record["options"]):
-            raise ValueError(f"example {index} has no options; multiple-choice evaluation needs them.")
+        options = tuple(as_text(o) for o in record["options"])
+        if options:
+            answer = int(record["answer"])
+            candidates = [encode_answer(tokenizer, answer_text(i, options, answer_format)) for i in range(len(options))]
+            candidate_choices = list(range(len(options)))
+        else:
+            words = as_text(record["answer_text"]).strip().lower()
+            if words not in YES_NO:
+                message = f"free-text answer {words!r} is neither yes nor no: nothing to score it against"
+                preprocess._skip(record, "open-ended answer", message)
+                continue
+            yes_no = yes_no or _yes_no_candidates(tokenizer)
+            answer, (candidates, candidate_choices) = YES_NO.index(words), yes_no
         frames, times = preprocess.frames(record)
-        options = [as_text(o) for o in record["options"]]
         prompt = preprocess.prompt(record, times, with_answer=False)
-        examples.append(
-            _Example(
-                index=index,
-                family=as_text(record.get("family", "all")),
-                answer=int(record["answer"]),
-                options=[encode_answer(tokenizer, answer_text(i, options, answer_format)) for i in range(len(options))],
-                input_ids=prompt["input_ids"],
-                pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
-                vision_tokens=budget.kept_windows(len(frames), windows, ratio),
-                objects=object_windows(record["masks"], cfg, record.get("targets")) if "masks" in record else None,
-            )
+        yield _Example(
+            index=index,
+            id=as_text(record.get("id", index)),
+            family=as_text(record.get("family", "all")),
+            options=options,
+            answer=answer,
+            candidates=candidates,
+            candidate_choices=candidate_choices,
+            input_ids=prompt["input_ids"],
+            pixels=patchify(resize(frames, cfg.vision.image_size[0]), cfg.vision.patch_size),
+            vision_tokens=budget.kept_windows(len(frames), windows, ratio),
+            objects=object_windows(record["masks"], cfg, record.get("targets")) if "masks" in record else None,
         )
-    return examples, dict(preprocess.skipped)
+    if skipped is not None:
+        skipped.update(preprocess.skipped)
 
 
 def _batch(rows: Sequence[_Example], cfg: Molmo2Config, seq_len: int, frame_slots: int) -> VideoBatch:
@@ -168,33 +242,79 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     answer_format: str = "letter",
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> dict:
-    """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes.
+    """Accuracy of `params` on every example of `source` (or the first `limit`), by both modes, over all
+    processes and their local devices (`batch_size` rows per forward pass on each process, split over its
+    devices); every process returns the same, whole result.
 
     Returns {"examples", "skipped": {kind: count}, "accuracy": {mode: overall}, "families": {family:
-    {"count", mode: acc}}, "vision_tokens_per_example", "frames_per_example", "predictions": [per
-    example]}, and where the source has object masks and the model prunes, "kept_object_share": the
-    share of object windows (frames after the first) that the pruning keeps, overall, per family and
-    per example."""
-    examples, skipped = _examples(source, cfg, tokenizer, limit, answer_format)
-    if not examples:
+    {"count", mode: acc}}, "unanswered": generations that name no choice, "vision_tokens_per_example",
+    "frames_per_example", "predictions": [per example, in source order: "index", "id", "family", "answer",
+    "generate" and "likelihood" (the choice each mode made, an index; -1: the generation names none),
+    "generated" (its text), "yes_no", "frames", "vision_tokens"]}, and where the source has object masks
+    and the model prunes, "kept_object_share": the share of object windows (frames after the first) that
+    the pruning keeps, overall, per family and per example."""
+    devices = len(jax.local_devices())
+    if batch_size % devices:
+        raise ConfigError(
+            f"batch_size {batch_size} must be a multiple of this process's {devices} devices (each takes an equal "
+            "share of the rows); pass another --batch_size."
+        )
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} must be at least 1.")
+    shard = (jax.process_index(), jax.process_count())
+    skipped = Counter()
+    examples = _examples(source, cfg, tokenizer, limit, answer_format, shard, skipped)
+    total = len(range(shard[0], len(source) if limit is None else min(limit, len(source)), shard[1]))
+    local = _predict(cfg, params, examples, total, tokenizer, batch_size, max_new_tokens, progress)
+    predictions = sorted(gather_lists(local), key=lambda p: p["index"])
+    skipped = sum((Counter(counts) for counts in gather_lists([skipped])), Counter())
+    if not predictions:
         raise ValueError("the evaluation split is empty.")
+    return summarise(predictions) | {"skipped": dict(skipped)}  # kind -> examples not in the accuracy
+
+
+def _grown(size: int, seen: int, step: int) -> int:
+    """The padded size of a batch dimension: the largest seen so far, rounded up to `step`, so that the shapes
+    (and the compiles) change only when a batch holds a longer example than any before it."""
+    return max(seen, -(-size // step) * step)
+
+
+def _predict(
+    cfg: Molmo2Config,
+    params: Any,
+    examples: Iterable[_Example],
+    total: int,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool,
+) -> list[dict]:
+    """The prediction of each example, `batch_size` at a time (read as they are needed), its rows split over this
+    process's devices."""
+    mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+    rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     end = token_id(tokenizer, "<|im_end|>")
-    num_options = max(len(e.options) for e in examples)
-    answer_len = max(len(o) for e in examples for o in e.options)
-    seq_len = -(-max(len(e.input_ids) for e in examples) // 16) * 16
-    frame_slots = max(len(e.pixels) for e in examples)
-    params = jax.device_put(params)
+    seq_len = frame_slots = num_candidates = answer_len = 0
     predictions = []
-    for start in tqdm.trange(0, len(examples), batch_size, desc="evaluate", disable=not progress):
-        rows = examples[start : start + batch_size]
-        padded = list(rows) + [rows[-1]] * (batch_size - len(rows))  # a fixed batch shape: one compile
-        batch = _batch(padded, cfg, seq_len, frame_slots)
-        candidates = np.zeros((batch_size, num_options, answer_len), np.int32)
+    bar = tqdm.tqdm(total=total, desc="evaluate", disable=not progress)
+    examples = iter(examples)
+    while rows := list(itertools.islice(examples, batch_size)):
+        bar.update(len(rows))
+        seq_len = _grown(max(len(e.input_ids) for e in rows), seq_len, 16)
+        frame_slots = _grown(max(len(e.pixels) for e in rows), frame_slots, 1)
+        num_candidates = max(num_candidates, *(len(e.candidates) for e in rows))
+        answer_len = _grown(max(len(c) for e in rows for c in e.candidates), answer_len, 1)
+        padded = list(rows) + [rows[-1]] * (batch_size - len(rows))  # the batch's shape fixed: compiles only on growth
+        batch = jax.device_put(_batch(padded, cfg, seq_len, frame_slots), rows_sharding)
+        candidates = np.zeros((batch_size, num_candidates, answer_len), np.int32)
         for i, row in enumerate(padded):
-            for k, option in enumerate(row.options):
-                candidates[i, k, : len(option)] = option
-        tokens, scores = generate_and_score(cfg, params, batch, jnp.asarray(candidates), answer_len + 1)
+            for k, candidate in enumerate(row.candidates):
+                candidates[i, k, : len(candidate)] = candidate
+        candidates = jax.device_put(candidates, rows_sharding)
+        tokens, scores = generate_and_score(cfg, params, batch, candidates, max_new_tokens)
         tokens, scores = np.asarray(tokens), np.asarray(scores)
         row_shares = [None] * len(rows)
         if cfg.stts.prunes and rows[0].objects is not None:
@@ -203,20 +323,46 @@ def evaluate(
                 objects = row.objects[1:]
                 row_shares[i] = float(keep[i, 1 : len(row.objects)][objects].sum() / max(objects.sum(), 1))
         for i, row in enumerate(rows):
-            answer = tokens[i].tolist()
-            answer = answer[: answer.index(end)] if end in answer else answer
-            generated = row.options.index(answer) if answer in row.options else -1
-            chosen = int(np.argmax(scores[i, : len(row.options)]))
+            generated = tokens[i].tolist()
+            generated = generated[: generated.index(end)] if end in generated else generated
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            by_choice = np.full(len(row.choices), -np.inf)
+            for k, choice in enumerate(row.candidate_choices):  # a choice's spellings: log-sum-exp
+                by_choice[choice] = np.logaddexp(by_choice[choice], scores[i, k])
             predictions.append(
                 {
                     "index": row.index,
+                    "id": row.id,
                     "family": row.family,
                     "answer": row.answer,
-                    "generate": generated,
-                    "likelihood": chosen,
+                    "generate": read_generation(text, row.options),
+                    "likelihood": int(np.argmax(by_choice)),
+                    "generated": text,
+                    "yes_no": row.yes_no,
+                    "frames": len(row.pixels),
+                    "vision_tokens": row.vision_tokens,
                 }
                 | ({} if row_shares[i] is None else {"kept_object_share": row_shares[i]})
             )
+    bar.close()
+    return predictions
+
+
+def gather_lists(items: list) -> list:
+    """Every process's `items` (JSON values), concatenated in process order on every process (one all-gather of
+    their JSON text); the list itself in a single-process run."""
+    if jax.process_count() == 1:
+        return list(items)
+    text = np.frombuffer(json.dumps(items).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([text.size], np.int64))[:, 0]
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: text.size] = text
+    texts = multihost_utils.process_allgather(padded)  # [processes, longest]
+    return [item for text, size in zip(texts, sizes, strict=True) for item in json.loads(text[:size].tobytes())]
+
+
+def summarise(predictions: Sequence[dict]) -> dict:
+    """Accuracy by both modes overall and per family, and the means per example, of `evaluate`'s predictions."""
     families: dict[str, dict] = defaultdict(lambda: {"count": 0, **{m: 0 for m in SCORING}})
     for p in predictions:
         family = families[p["family"]]
@@ -233,12 +379,12 @@ def evaluate(
     shares = [p["kept_object_share"] for p in predictions if "kept_object_share" in p]
     return {
         "examples": len(predictions),
-        "skipped": skipped,  # kind -> examples whose video could not be used (not in the accuracy)
         "accuracy": {m: correct[m] / len(predictions) for m in SCORING},
         "families": dict(sorted(families.items())),
-        "vision_tokens_per_example": float(np.mean([e.vision_tokens for e in examples])),
-        "frames_per_example": float(np.mean([len(e.pixels) for e in examples])),
-        "predictions": predictions,
+        "unanswered": sum(p["generate"] < 0 for p in predictions),
+        "vision_tokens_per_example": float(np.mean([p["vision_tokens"] for p in predictions])),
+        "frames_per_example": float(np.mean([p["frames"] for p in predictions])),
+        "predictions": list(predictions),
     } | ({"kept_object_share": float(np.mean(shares))} if shares else {})
 
 
@@ -258,7 +404,7 @@ def window_scores(cfg: Molmo2Config, params: Any, source, index: int, tokenizer:
     under a pruning model (scores: the scorer's, the heuristic's dissimilarity, or the random draw)."""
     if not cfg.stts.prunes:
         raise ConfigError(f"stts.method={cfg.stts.method!r} scores no windows; use stts, heuristic or random.")
-    example = _examples(_Slice(source, index), cfg, tokenizer, None)[0][0]
+    example = next(_examples(_Slice(source, index), cfg, tokenizer, None))
     seq_len = -(-len(example.input_ids) // 16) * 16
     scores, keep = _scores_and_keep(cfg, params, _batch([example], cfg, seq_len, len(example.pixels)))
     record = source[index]

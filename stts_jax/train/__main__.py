@@ -39,10 +39,7 @@ if not sys.stdin.buffer.read(1):
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py:args)", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics; resumed if it holds a checkpoint")
-flags.DEFINE_string("coordinator", None, "host:port of process 0 for jax.distributed (local multi-process runs)")
-flags.DEFINE_integer("num_processes", None, "processes in the run (with --coordinator)")
-flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods)")
+cli.define_process_flags()
 flags.DEFINE_integer(
     "heartbeat_timeout_seconds",
     100,
@@ -162,11 +159,9 @@ def main(argv):
     del argv
     f = flags.FLAGS
     prepare_workdir(f.workdir)
-    if f.coordinator:
-        where = dict(coordinator_address=f.coordinator, num_processes=f.num_processes, process_id=f.process_id)
+    where = cli.distributed_where()
+    if where is not None:
         start_distributed(f.heartbeat_timeout_seconds, **where)
-    elif f.distributed:
-        start_distributed(f.heartbeat_timeout_seconds)
     watch = PeerWatch(f.workdir, f.heartbeat_timeout_seconds) if jax.process_count() > 1 else None
     try:
         metrics = train(f.config, f.workdir)
