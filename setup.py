@@ -41,6 +41,7 @@ setup(
         "absl-py>=2.1",
         "etils[epath]>=1.7",
         "tensorboardX>=2.6",  # event files (scalars, images, histograms, hparams) without TensorFlow
+        "pyarrow>=14",  # the benchmarks' Parquet annotation files (stts_jax.benchmarks)
     ],
     extras_require={
         "hf": HF_REQUIRES,
