@@ -136,21 +136,6 @@ def chain_model(cfg, tokenizer):
     return jax.tree.map(jnp.asarray, params)
 
 
-def write_mp4(path, frames: int, fps: int, size=(32, 32)):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            image = np.full((*size, 3), (i * 40) % 255, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 # Per setting: (where its manifest goes under the data root, [(options or None, answer)]). The model generates
 # "answer is b" (option B; no yes/no) and by likelihood picks C where there are three options or more, else B,
 # and "no". Every setting has a 4-option question: the same shapes, one compile.
@@ -186,7 +171,7 @@ def benchmark_run(tmp_path_factory):
         videos.mkdir(parents=True)
         lines = []
         for i, (options, answer) in enumerate(questions):
-            write_mp4(videos / f"v{i}.mp4", 8, 4)  # 2 s: 4 frames at 2 fps
+            write_video(videos / f"v{i}.mp4", np.arange(8) / 4, size=(32, 32))  # 2 s: 4 frames at 2 fps
             line = {"id": f"{name}-q{i}", "video": f"{name}_videos/v{i}.mp4", "question": "what colour is the ball"}
             if options:
                 line["options"] = OPTIONS[:options]
