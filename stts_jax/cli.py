@@ -39,7 +39,8 @@ def distributed_where() -> dict | None:
     return {} if f.distributed else None
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Orbax, grain and TFDS at WARNING; TFDS's builder-config warning (the whole config, twice) left out."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     # TFDS warns with the whole builder config of every dataset it builds, twice
     logging.getLogger("absl").addFilter(lambda record: "Using custom data configuration" not in record.getMessage())
@@ -51,7 +52,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     def wrapped(argv: list[str]) -> None:
         start_present_backends()
         if not flags.FLAGS.verbose:
-            _quiet_libraries()
+            quiet_libraries()
         logging.getLogger("stts_jax").setLevel(logging.INFO)
         try:
             code = main(argv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from stts_jax.cli import quiet_libraries
 from stts_jax.platforms import start_present_backends
 
 SUB_COMMANDS = {
@@ -29,6 +30,7 @@ SUB_COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     start_present_backends()
+    quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
