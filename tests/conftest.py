@@ -128,3 +128,31 @@ def stts_batch(
         frame_video_ids=jnp.asarray(frame_video_ids),
         layout=RowLayout(llm_seq_len, videos_per_row),
     )
+
+
+def packed_and_dense_vit(cfg, params, out, bias=None):
+    """(patch_keep [batch x frames, patches], the pruned model's last ViT block, a dense reference's): the
+    reference runs blocks l+2.. over every patch, keys restricted to kept patches of the same frame (their
+    scores plus `bias` [batch x frames, patches] where given), from the pruned model's own block l+2 input."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from stts_jax.models.vit import VisionTransformer
+    from stts_jax.windows import patch_windows, pooling_windows
+
+    keep = np.asarray(out.pruned.keep)
+    b, f = keep.shape[:2]
+    rows, cols = cfg.vision.patch_grid
+    patch_keep = keep[:, :, patch_windows(pooling_windows(rows, cols), rows * cols)].reshape(b * f, -1)
+    start = cfg.stts.layer + 2
+    dense, _ = VisionTransformer(cfg).apply(
+        {"params": params["vit"]},
+        out.out[f"vit/block_{start}"],
+        start,
+        cfg.vit_depth,
+        (),
+        mask=jnp.asarray(patch_keep)[:, None, None, :],
+        bias=None if bias is None else jnp.asarray(bias)[:, None, None, :],
+        method=VisionTransformer.run,
+    )
+    return patch_keep, np.asarray(out.out[f"vit/block_{cfg.vit_depth}"]), np.asarray(dense)

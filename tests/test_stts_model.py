@@ -10,15 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import stts_batch
+from conftest import packed_and_dense_vit, stts_batch
 
 from stts_jax.errors import ConfigError
 from stts_jax.models import get_config
 from stts_jax.models.config import STTSConfig
 from stts_jax.models.llm import TokenSequence
-from stts_jax.models.vit import VisionTransformer
 from stts_jax.vlm.model import Molmo2
-from stts_jax.windows import patch_windows, pooling_windows
 
 ROWS = [[3, 1], [2]]  # row 0 packs a 3-frame video and an image; row 1 has one video and a padding slot
 FRAMES, SEQ = 4, 96
@@ -43,27 +41,11 @@ def setup():
 def test_packed_blocks_equal_dense_reference_on_kept_tokens(setup):
     cfg, batch, params = setup
     logits, out = jax.jit(lambda p, b: Molmo2(cfg).apply({"params": p}, b, rngs=RNG))(params, batch)
-    keep = np.asarray(out.pruned.keep)
-    b, f = keep.shape[:2]
     # 9 windows per frame: row 0 keeps 27 - floor(13.5) of its 3-frame video + all 9 of the image;
     # row 1 keeps 18 - 9 of its 2-frame video.
     np.testing.assert_array_equal(np.asarray(out.out["stts/kept_windows"]), [14 + 9, 9])
-    rows, cols = cfg.vision.patch_grid
-    patch_keep = keep[:, :, patch_windows(pooling_windows(rows, cols), rows * cols)].reshape(b * f, -1)
-    # Dense reference: blocks l+2.. over every patch, keys restricted to kept patches of the same frame.
-    mask = jnp.asarray(patch_keep)[:, None, None, :]
-    start = cfg.stts.layer + 2
-    dense, _ = VisionTransformer(cfg).apply(
-        {"params": params["vit"]},
-        out.out[f"vit/block_{start}"],
-        start,
-        cfg.vit_depth,
-        (),
-        mask=mask,
-        method=VisionTransformer.run,
-    )
-    packed = np.asarray(out.out[f"vit/block_{cfg.vit_depth}"])
-    np.testing.assert_allclose(packed[patch_keep], np.asarray(dense)[patch_keep], atol=1e-5)
+    patch_keep, packed, dense = packed_and_dense_vit(cfg, params, out)
+    np.testing.assert_allclose(packed[patch_keep], dense[patch_keep], atol=1e-5)
     assert (packed[~patch_keep] == 0).all()
 
 

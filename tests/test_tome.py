@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import stts_batch
+from conftest import packed_and_dense_vit, stts_batch
 
 from stts_jax.models import get_config
 from stts_jax.models.attention import SegmentMask, attend, attend_packed_frames, make_attention_mask
 from stts_jax.models.config import STTSConfig
-from stts_jax.models.vit import VisionTransformer
 from stts_jax.stts import budget, pruning, tome
 from stts_jax.vlm.model import Molmo2
 from stts_jax.windows import patch_windows, pooling_windows
@@ -125,27 +124,11 @@ def test_packed_blocks_use_proportional_attention(params):
     cfg = tome_config()
     batch = stts_batch(cfg, ROWS, FRAMES, SEQ, seed=5)
     _, out = _forward(cfg)(params, batch)
-    keep = np.asarray(out.pruned.keep)
-    b, f = keep.shape[:2]
-    rows, cols = cfg.vision.patch_grid
-    patch_keep = keep[:, :, patch_windows(pooling_windows(rows, cols), rows * cols)].reshape(b * f, -1)
-    sizes = np.asarray(out.out["tome/sizes"]).reshape(b * f, -1)
+    sizes = np.asarray(out.out["tome/sizes"]).reshape(-1, cfg.vision.patch_grid[0] * cfg.vision.patch_grid[1])
+    # the dense reference's keys biased by log(size)
+    patch_keep, packed, dense = packed_and_dense_vit(cfg, params, out, bias=np.log(np.maximum(sizes, 1.0)))
     assert sizes[patch_keep].max() > 1
-    # Dense reference: blocks l+2.. over every patch, keys restricted to kept patches of the same frame
-    # and biased by log(size).
-    start = cfg.stts.layer + 2
-    dense, _ = VisionTransformer(cfg).apply(
-        {"params": params["vit"]},
-        out.out[f"vit/block_{start}"],
-        start,
-        cfg.vit_depth,
-        (),
-        mask=jnp.asarray(patch_keep)[:, None, None, :],
-        bias=jnp.log(jnp.maximum(jnp.asarray(sizes), 1.0))[:, None, None, :],
-        method=VisionTransformer.run,
-    )
-    packed = np.asarray(out.out[f"vit/block_{cfg.vit_depth}"])
-    np.testing.assert_allclose(packed[patch_keep], np.asarray(dense)[patch_keep], atol=1e-5)
+    np.testing.assert_allclose(packed[patch_keep], dense[patch_keep], atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "splash", "gpu"])
