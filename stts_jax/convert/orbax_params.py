@@ -54,8 +54,12 @@ def load_params(path: str, **runtime: Any) -> tuple[Molmo2Config, Any]:
             f"{params_path} holds params of another model shape than {path}/config.json describes "
             "(different sizes or layers); use the config.json saved with these params."
         )
-    # onto this process's first device, not the sharding saved with the params (another process's device in a
-    # multi-process run, where restoring onto it fails on every process but one and the others wait in Orbax)
+    return cfg, checkpointer.restore(params_path, local_target(stored))
+
+
+def local_target(stored: Any) -> Any:
+    """An Orbax restore target for the stored tree's arrays on this process's first device, not the sharding
+    saved with them (another process's devices, or a pod's layout: restoring onto it fails on every process but
+    one, and the others wait in Orbax's sync)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-    return cfg, checkpointer.restore(params_path, target)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)

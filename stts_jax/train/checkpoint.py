@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stts_jax.convert.orbax_params import local_target
 from stts_jax.errors import CheckpointError, ConfigError
 from stts_jax.models.config import Molmo2Config
 from stts_jax.train.experiment import model_config
@@ -229,8 +230,6 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Molmo2Config,
         raise CheckpointError(f"step {step} was never saved in {workdir} (saved: {saved}); pass one of those.")
     # Against a target on this process's first device: a checkpoint written by a pod (another device
     # layout) restores here too, where a target-less restore refuses it.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    stored = mgr.item_metadata(step)["state"].tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+    target = local_target(mgr.item_metadata(step)["state"].tree)
     restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return cfg, jax.tree.map(np.asarray, restored["state"]["params"]), step
