@@ -23,7 +23,7 @@ from stts_jax.windows import frame_windows
 
 CFG = scenes.SceneConfig()  # 8 frames of 42 x 42: the `tiny` model's input, 9 windows per frame
 TINY = model_variant("tiny")
-EXAMPLES = [scenes.generate_example(7, i, CFG) for i in range(32)]  # 8 of each family
+EXAMPLES = [scenes.generate_example(7, i, CFG) for i in range(8 * len(scenes.FAMILIES))]  # 8 of each family
 
 
 def _window_change(video: np.ndarray) -> np.ndarray:
@@ -61,6 +61,17 @@ def test_camera_moves_so_consecutive_frames_differ_over_most_windows():
     assert len({e["photo"] for e in EXAMPLES}) >= 5  # backgrounds from several photographs
 
 
+def test_photographs_are_grey_unless_asked_so_that_a_color_names_an_object():
+    index = next(i for i, e in enumerate(EXAMPLES) if e["photo"] in ("astronaut", "chelsea", "coffee"))  # in colour
+    background = EXAMPLES[index]["masks"] == 0
+    grey = EXAMPLES[index]["video"][background].astype(int)
+    assert np.abs(grey - grey[:, :1]).max() <= 1  # R = G = B but for rounding
+    colored = scenes.generate_example(7, index, scenes.SceneConfig(photo_saturation=1.0))
+    assert np.abs(np.diff(colored["video"][background].astype(int), axis=-1)).mean() > 5
+    with pytest.raises(ValueError, match="photo_saturation"):
+        scenes.SceneConfig(photo_saturation=1.5)
+
+
 def _fill_pixels(example: dict, t: int, color: tuple[int, int, int]) -> set[int]:
     """The mask ids of frame t whose pixels include `color` exactly."""
     on = (example["video"][t] == np.asarray(color, np.uint8)).all(-1)
@@ -84,6 +95,14 @@ def _read_card(example: dict, t: int, card: int) -> tuple[tuple[int, ...], str]:
     return tuple(fill.tolist()), str(DIGITS.target[nearest.argmin()])
 
 
+def _assert_options_need_the_named_object(example: dict, others_shown: set[str]) -> None:
+    """The options: the answer, exactly one attribute another object on screen shows (found only by finding
+    the named object), two that no object shows (a step a model can learn first: what is on screen)."""
+    options = set(example["options"])
+    assert example["options"][example["answer"]] not in others_shown
+    assert len(options & others_shown) == 1 and len(options - others_shown) == 3
+
+
 @pytest.mark.parametrize("family", ["card_digit", "flash_digit"])
 def test_digit_answers_are_the_named_cards_pixels(family):
     checked = 0
@@ -94,8 +113,9 @@ def test_digit_answers_are_the_named_cards_pixels(family):
             assert _fill_pixels(example, t, scenes.COLORS[color]) == {target}  # the only card of that colour
             assert _read_card(example, t, target) == (scenes.COLORS[color], example["options"][example["answer"]])
             others = {int(m) for m in np.unique(example["masks"][t])} - {0, target}
-            assert len(others) == 2  # two other cards, whose digits are wrong options (the hard negatives)
-            assert {_read_card(example, t, card)[1] for card in others} < set(example["options"])
+            assert len(others) == 2  # two other cards
+            other_digits = {_read_card(example, t, card)[1] for card in others}
+            _assert_options_need_the_named_object(example, other_digits)
             checked += 1
     assert checked >= 8
 
@@ -105,8 +125,12 @@ def test_color_answers_are_the_named_places_pixels(family):
     for example in (e for e in EXAMPLES if e["family"] == family):
         place = re.search(r"in the (\w+ \w+)", example["question"]).group(1)
         answer = example["options"][example["answer"]]
-        assert sorted(example["options"]) == sorted(set(example["options"]))  # the four lamps' colours
         (target,) = example["targets"]
+        lamp_colors = {
+            c for c in scenes.LAMP_COLORS for t in range(CFG.frames) if _fill_pixels(example, t, scenes.COLORS[c])
+        }
+        assert len(lamp_colors) == 4
+        _assert_options_need_the_named_object(example, lamp_colors - {answer})
         shown = np.flatnonzero(_visible(example))
         for t in shown:
             assert _fill_pixels(example, t, scenes.COLORS[answer]) == {target}
@@ -120,6 +144,21 @@ def test_color_answers_are_the_named_places_pixels(family):
                 lamp = example["video"][other, ys, xs]
                 assert not (lamp == np.asarray(scenes.COLORS[answer], np.uint8)).all(-1).any()
                 assert (lamp == np.asarray(scenes.UNLIT, np.uint8)).all(-1).mean() > 0.3
+
+
+@pytest.mark.parametrize("family", ["moving_color", "needle_color"])
+def test_single_object_answers_are_its_color_and_the_moving_one_crosses_the_frame(family):
+    for example in (e for e in EXAMPLES if e["family"] == family):
+        answer = example["options"][example["answer"]]
+        (target,) = example["targets"]
+        shown = np.flatnonzero(_visible(example))
+        assert set(np.unique(example["masks"]).tolist()) == {0, target}  # nothing else on screen
+        for t in shown:
+            assert _fill_pixels(example, t, scenes.COLORS[answer]) == {target}
+        if family == "moving_color":
+            assert len(shown) == CFG.frames
+            centres = [np.argwhere(example["masks"][t] == target).mean(0) for t in (0, CFG.frames - 1)]
+            assert np.abs(centres[1] - centres[0]).max() >= CFG.size - CFG.object_side - 1
 
 
 def test_needles_cover_a_few_windows_of_one_frame_and_every_question_is_tagged():

@@ -163,7 +163,8 @@ class SceneBuilderConfig(tfds.core.BuilderConfig):
 class SceneVideoQA(tfds.core.GeneratorBasedBuilder):
     """Procedural video QA over photographs with a moving camera: masks, the answer's objects, tags."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "options: the answer, one other object's attribute, two no object shows; 8 lamp colours"}
     BUILDER_CONFIGS = [SceneBuilderConfig(name="default")]
 
     def _info(self) -> tfds.core.DatasetInfo:

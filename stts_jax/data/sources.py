@@ -162,6 +162,7 @@ def scene_settings(config: ml_collections.ConfigDict) -> SceneConfig:
             families=families,
             digits=digits,
             digit_styles=data.get("digit_styles", 0),
+            photo_saturation=data.get("photo_saturation", 0.0),
         )
     except ValueError as e:
         raise ConfigError(f"{e} (config.data.families and config.data.digits are comma-separated)") from e
