@@ -75,6 +75,10 @@ def assert_same_final_state(workdir, reference):
         np.testing.assert_array_equal(a, b)  # bitwise on CPU
 
 
+# ~100 s (two CLI start-ups and compiles); the default suite keeps the resume's bitwise equality in
+# test_a_damaged_latest_checkpoint_falls_back_to_the_one_before, and tests/test_remote_experiment.py (slow)
+# SIGKILLs a run on gs://
+@pytest.mark.slow
 def test_kill9_then_restart_equals_uninterrupted_run(data_dir, reference, tmp_path):
     interrupted = tmp_path / "interrupted"
     process = cli(interrupted, data_dir, 6, 2)
