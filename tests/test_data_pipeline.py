@@ -58,6 +58,14 @@ def test_needle_color_family_shows_one_object_in_needle_frames_only():
         assert (pixels == np.array(COLORS[color], np.uint8)).all()
     with pytest.raises(ValueError, match="families"):
         SyntheticConfig(families=("needle", "no_such_family"))
+    with pytest.raises(ValueError, match="frames 2: families .* need >= 3"):  # not numpy's error mid-build
+        SyntheticConfig(frames=2)
+    with pytest.raises(ValueError, match="need >= 3"):
+        SyntheticConfig(frames=2, families=("needle_color",), needle_frames=2)
+    for frames, families in ((2, ("moving_color", "needle_color")), (3, FAMILIES)):  # the least that works
+        cfg = SyntheticConfig(frames=frames, families=families, max_distractors=0)
+        for index in range(len(families)):
+            generate_example(0, index, cfg)
     # the default mix and its token ids are unchanged by the extra family and words
     assert SyntheticConfig().families == FAMILIES
     assert SyntheticConfig().vocabulary()[: len(QUESTION_WORDS)] == list(QUESTION_WORDS)

@@ -123,7 +123,9 @@ def synthetic_settings(data: ml_collections.ConfigDict) -> SyntheticConfig:
     try:
         return SyntheticConfig(frames=data.frames, fps=fps, families=families, max_distractors=distractors)
     except ValueError as e:
-        raise ConfigError(f"{e} (config.data.families is comma-separated; config.data.max_distractors)") from e
+        raise ConfigError(
+            f"{e} (config.data.frames; config.data.families is comma-separated; config.data.max_distractors)"
+        ) from e
 
 
 def _split_counts(data: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:

@@ -59,6 +59,14 @@ class SyntheticConfig:
                 f"synthetic max_distractors {self.max_distractors} must be >= 0, "
                 f"needle_frames {self.needle_frames} >= 1"
             )
+        # a needle starts after frame 0 and ends by the last; first_appearance draws two distinct start
+        # frames before the last
+        least = max(
+            self.needle_frames + 1 if {"needle", "needle_color"} & set(self.families) else 1,
+            3 if "first_appearance" in self.families else 1,
+        )
+        if self.frames < least:
+            raise ValueError(f"synthetic frames {self.frames}: families {list(self.families)} need >= {least}")
 
     def vocabulary(self) -> list[str]:
         words = list(QUESTION_WORDS) + list(COLORS) + list(SHAPES) + list(DIRECTIONS)
