@@ -59,6 +59,16 @@ def test_replication_sweep_is_valid_and_complete(monkeypatch):
     assert len(core) == 1 + 3 * 4 + 10 and set(core) <= set(names(sweep))  # + seed 0's ten other runs
     with pytest.raises(ConfigError, match="later_seeds"):
         load_sweep(file, "later_seeds=some")
+    scenes = plan(*(load_sweep(file, "testbed=scenes")[k] for k in ("config", "runs", "fixed", "base")), "/r")
+    assert names(sweep) == [n for n, _ in scenes]  # the same protocol on the scene set's default families
+    (_, scene_base), *_ = scenes
+    assert (
+        scene_base.data.dataset == "scene_video_qa"
+        and scene_base.data.families == "moving_color,needle_color,place_color"
+    )
+    assert scene_base.train.steps == 800 and scene_base.data.answer_format == "option"
+    with pytest.raises(ConfigError, match="testbed"):
+        load_sweep(file, "testbed=kitchen")
 
 
 def test_bad_values_name_the_field():

@@ -4,6 +4,10 @@
   python -m stts_jax.sweep --sweep=configs/replication.py:seeds=1 --root=/tmp/stts_jax_replication
   python -m stts_jax.sweep --sweep=configs/replication.py:later_seeds=core --root=/tmp/stts_jax_replication
   python -m stts_jax.sweep.aggregate --root=/tmp/stts_jax_replication
+  python -m stts_jax.sweep --sweep=configs/replication.py:testbed=scenes --root=/tmp/stts_jax_scenes
+
+`testbed=scenes` runs the same protocol on stts_jax/experiments/scenes.py's set (photographs under a
+moving camera; its default families). Everything below describes the synthetic testbed.
 
 Protocol, as the paper fine-tunes one pretrained Molmo2 per method: a `base` run trains the unpruned
 `tiny` model from scratch (800 steps; validation accuracy 0.45 / 0.72 / 0.79 / 0.91 / 0.87 / 0.93 /
@@ -40,13 +44,20 @@ CORE_METHODS = ("none", "stts", "random", "stts_no_aux")  # the runs behind the 
 # connector half of it; STTS.md section 8), all 10x for a tiny model and a 100-step schedule.
 FINE_TUNE_RATES = [["scorer/.*", 1e-3], ["vit/.*", 5e-5], ["connector/.*", 5e-5], ["(text|lm_head)/.*", 1e-4]]
 SYNTHETIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "synthetic.py")  # inside the package
-TESTBED = "families=moving_color+needle_color,distractors=0,answer_format=option"
+# testbed -> its experiment file (inside the package) and arguments; scenes.py's defaults are its testbed
+TESTBEDS = {
+    "synthetic": (SYNTHETIC, "families=moving_color+needle_color,distractors=0,answer_format=option"),
+    "scenes": (os.path.join(os.path.dirname(SYNTHETIC), "scenes.py"), "answer_format=option"),
+}
 
 
 def get_sweep(arg: str | None = None) -> dict:
-    a = parse_arg(arg, seeds=3, steps=100, base_steps=800, frames=8, later_seeds="all")
+    a = parse_arg(arg, seeds=3, steps=100, base_steps=800, frames=8, later_seeds="all", testbed="synthetic")
     if a.later_seeds not in ("all", "core"):
         raise ConfigError(f"later_seeds={a.later_seeds!r}: expected 'all' or 'core'")
+    if a.testbed not in TESTBEDS:
+        raise ConfigError(f"testbed={a.testbed!r}: expected one of {sorted(TESTBEDS)}")
+    experiment, testbed = TESTBEDS[a.testbed]
     k05 = ("stts", "random", "heuristic", "stts_no_aux", "fewer_frames")
     runs = [{"stts.method": "none"}, *({"stts.method": m, "stts.prune_ratio": 0.5} for m in k05)]
     # k = 0.8 besides the 0.3 / 0.7 / 0.9: at 8 frames k = 0.9 prunes every window after frame 0
@@ -92,7 +103,7 @@ def get_sweep(arg: str | None = None) -> dict:
     }
     scaled = [run_name(r) for r in runs if r["stts.method"] == "stts" and r.get("stts.prune_ratio") == 0.5]
     return {
-        "config": f"{SYNTHETIC}:variant=tiny,frames={a.frames},{TESTBED}",
+        "config": f"{experiment}:variant=tiny,frames={a.frames},{testbed}",
         "base": base,
         "runs": runs,
         "fixed": fixed,
